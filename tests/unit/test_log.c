@@ -1,0 +1,76 @@
+#include "common/log.h"
+
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <string.h>
+
+static int render(char *buf, size_t size, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = pk_log_render(buf, size, PK_LOG_WARN, "proxy.access", "hello \"you\"", fmt, ap);
+	va_end(ap);
+	return n;
+}
+
+Test(log, renders_fields_as_json)
+{
+	char buf[512];
+	render(buf, sizeof(buf), "slot=%d name=%s big=%llu neg=%ld sz=%zu", 3, "a\"b\\c\n",
+	       18446744073709551615ULL, -7L, (size_t)42);
+	cr_assert(strstr(buf, "\"level\":\"warn\"") != NULL, "%s", buf);
+	cr_assert(strstr(buf, "\"subsystem\":\"proxy.access\"") != NULL, "%s", buf);
+	cr_assert(strstr(buf, "\"msg\":\"hello \\\"you\\\"\"") != NULL, "%s", buf);
+	cr_assert(strstr(buf, ",\"slot\":3,\"name\":\"a\\\"b\\\\c\\n\",\"big\":18446744073709551615,"
+			      "\"neg\":-7,\"sz\":42}") != NULL,
+		  "%s", buf);
+	cr_assert(strncmp(buf, "{\"ts\":\"", 7) == 0);
+}
+
+Test(log, null_string_is_json_null_and_control_chars_escaped)
+{
+	char buf[256];
+	render(buf, sizeof(buf), "a=%s b=%s", (const char *)NULL, "\x01x");
+	cr_assert(strstr(buf, "\"a\":null,\"b\":\"\\u0001x\"") != NULL, "%s", buf);
+}
+
+Test(log, reports_full_length_when_truncated)
+{
+	char small[16];
+	char big[512];
+	int n = render(small, sizeof(small), "k=%s", "value");
+	int m = render(big, sizeof(big), "k=%s", "value");
+	cr_assert_eq(n, m);
+	cr_assert_eq(strlen(small), sizeof(small) - 1);
+}
+
+Test(log, level_names_parse)
+{
+	cr_assert_eq(pk_log_level_parse("debug"), PK_LOG_DEBUG);
+	cr_assert_eq(pk_log_level_parse("warning"), PK_LOG_WARN);
+	cr_assert_eq(pk_log_level_parse("error"), PK_LOG_ERROR);
+	cr_assert_eq(pk_log_level_parse("loud"), -1);
+	cr_assert_eq(pk_log_level_parse(NULL), -1);
+}
+
+Test(log, subsystems_enable_every_level_for_themselves_and_children)
+{
+	const char *subs[] = {"proxy", NULL};
+	pk_log_setup(PK_LOG_WARN, subs);
+	cr_assert(pk_log_enabled(PK_LOG_DEBUG, "proxy"));
+	cr_assert(pk_log_enabled(PK_LOG_DEBUG, "proxy.access"));
+	cr_assert_not(pk_log_enabled(PK_LOG_DEBUG, "proxyx"));
+	cr_assert_not(pk_log_enabled(PK_LOG_INFO, "admin"));
+	cr_assert(pk_log_enabled(PK_LOG_ERROR, "admin"));
+	pk_log_setup(PK_LOG_INFO, NULL);
+	cr_assert_not(pk_log_enabled(PK_LOG_DEBUG, "proxy"));
+}
+
+Test(log, context_fields_appear_in_every_record)
+{
+	char buf[512];
+	pk_log_set_context("role=%s slot=%d", "worker", 2);
+	render(buf, sizeof(buf), "x=%d", 1);
+	pk_log_set_context(NULL);
+	cr_assert(strstr(buf, ",\"role\":\"worker\",\"slot\":2,\"x\":1}") != NULL, "%s", buf);
+}
