@@ -1011,7 +1011,7 @@ static int pk__syntax_error(struct pk__ctx *c, const config_t *lc, const char *t
 	if (strcmp(msg, "duplicate setting name") == 0) {
 		name[0] = '\0';
 		if (config_error_file(lc) == NULL)
-			{ if (0) pk__dup_name(text, line, name, sizeof(name)); }
+			pk__dup_name(text, line, name, sizeof(name));
 		snprintf(c->err, PK_CONFIG_ERR_MAX, "%s:%d: %s%sset more than once", file, line,
 		         name, name[0] != '\0' ? ": " : "");
 	} else if (strcmp(msg, "syntax error") == 0) {
@@ -1155,7 +1155,7 @@ int pk_config_load_string_ex(struct pk_config *cfg, const char *text, const char
 {
 	struct pk__ctx c = {.cfg = cfg,
 	                    .err = err,
-	                    .expand = 1,
+	                    .expand = (flags & PK_CONFIG_EXPAND_ENV) != 0,
 	                    .origin = origin != NULL ? origin : "<string>"};
 
 	err[0] = '\0';
@@ -1485,11 +1485,6 @@ void pk_config_usage(FILE *out)
 {
 	char section[PK__NAME_MAX] = "-", flag[PK__NAME_MAX], opt[2 * PK__NAME_MAX];
 
-	fputs("Usage: pikod [-c FILE] [--KEY VALUE]...\n\n"
-	      "Every key of the configuration file is also a flag: proxy.bind_addr is\n"
-	      "--proxy.bind-addr. Flags override the file. Durations: 500ms, 30s, 5m, 1h30m.\n"
-	      "Lists: comma-separated. Booleans: a bare flag means true.\n",
-	      out);
 	for (size_t i = 0; i < PK__NKEYS; i++) {
 		const struct pk__key *k = &pk__keys[i];
 		const char *dot = strchr(k->name, '.');
@@ -1500,7 +1495,7 @@ void pk_config_usage(FILE *out)
 			for (size_t j = 0; j < sizeof(pk__sections) / sizeof(pk__sections[0]); j++)
 				if (strcmp(pk__sections[j].section, section) == 0)
 					title = pk__sections[j].title;
-			fprintf(out, "\n%s:\n", title);
+			fprintf(out, "%s%s:\n", i > 0 ? "\n" : "", title);
 			if (slen == 0)
 				pk__usage_line(out, "-c, --config FILE",
 				               "libconfig file to read (flags override it)", NULL);

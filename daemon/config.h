@@ -24,6 +24,15 @@
  *   --proxy.bind-adr: unknown flag (did you mean --proxy.bind-addr?)
  * Syntax errors are "FILE:LINE: syntax error: ..." (libconfig's text).
  *
+ * Validation at load (pk_config_load and pk_config_load_string alike): types are strict
+ * (an integer where a string is expected is an error, and the reverse), integers and
+ * durations in range, addresses by pk_parse_addr(), cluster.advertise_addr with a host and
+ * a non-zero port, cluster.join items "host" or "host:port", node ids and log subsystems
+ * 1-64 of [A-Za-z0-9._-], log.level one of debug/info/warn(ing)/error (stored canonical),
+ * tls.cert/key/client_cas readable regular files, tls.cert and tls.key both or neither,
+ * client_cas only with them, *_public_key a PEM SubjectPublicKeyInfo of the right family.
+ * Unknown keys and a key set twice in the file are errors. The first error stops loading.
+ *
  * The key table in config.c drives parsing, flags, validation, pk_config_write(),
  * pk_config_equal() and pk_config_usage(): a new key is one row there (plus its field).
  */
@@ -134,9 +143,10 @@ int pk_config_write(const struct pk_config *cfg, FILE *out);
 /* Whether every key of a and b has the same value (config_file is ignored). 1 or 0. */
 int pk_config_equal(const struct pk_config *a, const struct pk_config *b);
 
-/* Writes the --help text for the keys: every option with its value type, description and
- * default, grouped by section, plus -c/--config. The daemon prints its own extra flags
- * (--help, --version, --check) itself. */
+/* Writes the option part of --help: every key's flag with its value placeholder,
+ * description and default, grouped by section (the first group, "General:", starts with
+ * -c/--config). No usage line or preamble: the daemon prints those and its own flags
+ * (--help, --version, --check). */
 void pk_config_usage(FILE *out);
 
 /* Durations and addresses are parsed by common/parse.h (pk_parse_duration,
