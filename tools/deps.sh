@@ -21,6 +21,7 @@ libsystemd-dev:pc:libsystemd
 libclang-rt-14-dev:file:/usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a
 python3:file:/usr/bin/python3
 python3-jwt:file:/usr/lib/python3/dist-packages/jwt/__init__.py
+python3-cryptography:file:/usr/lib/python3/dist-packages/cryptography/__init__.py
 curl:cmd:curl
 nodejs:cmd:node
 npm:cmd:npm
