@@ -7,6 +7,7 @@
 #include "daemon/pidfile.h"
 #include "shm/counters.h"
 #include "shm/db.h"
+#include "shm/routes.h"
 #include "workers/child.h"
 
 #include <errno.h>
@@ -82,6 +83,7 @@ struct pk__sup {
 	int counters_fd;
 	struct pk_counters *counters;
 	int pidfile_fd;
+	struct pk_db *db; /* routing table, to purge the routes of a dead worker */
 	int initial_ready_sent;
 	struct pk__proc procs[PK__SLOTS];
 };
@@ -234,6 +236,22 @@ static void pk__process_closed(uv_handle_t *h)
 	/* Nothing to free: the handle lives in the slot. */
 }
 
+/* A worker that is gone cannot remove its tunnels' routes itself: do it at once, so no
+ * request is sent towards it, and clear any LMDB reader slot it held. */
+static void pk__purge_routes(struct pk__sup *s, int slot)
+{
+	int dead = 0;
+	if (s->db == NULL)
+		return;
+	int n = pk_routes_purge_slot(s->db, (uint32_t)slot);
+	if (n > 0)
+		pk_log_info(PK__LOG, "routes purged", "slot=%d count=%d", slot, n);
+	else if (n < 0)
+		pk_log_error(PK__LOG, "cannot purge routes", "slot=%d error=%s", slot,
+			     pk_db_strerror(n));
+	(void)pk_db_reader_check(s->db, &dead);
+}
+
 static void pk__on_exit(uv_process_t *proc, int64_t status, int sig)
 {
 	struct pk__proc *p = proc->data;
@@ -245,6 +263,8 @@ static void pk__on_exit(uv_process_t *proc, int64_t status, int sig)
 	uv_close((uv_handle_t *)proc, pk__process_closed);
 	pk__close_ctl(p);
 	uv_timer_stop(&p->timer);
+	if (p->role == PK_ROLE_WORKER)
+		pk__purge_routes(s, slot);
 
 	int expected = p->state == PK__PROC_DRAINING || s->stopping;
 	enum pk_log_level lvl = expected && sig == 0 && status == 0 ? PK_LOG_INFO : PK_LOG_WARN;
@@ -848,17 +868,18 @@ static int pk__open_state(struct pk__sup *s, char *err, size_t errlen)
 		return rc;
 	s->pidfile_fd = rc;
 
-	/* Create the routing table (and clear readers left by a previous crash) before any
-	 * child opens it. The env is closed again: none may cross a fork. */
+	/* Create the routing table (clearing readers left by a previous crash) before any
+	 * child opens it, and empty it: routes are rebuilt as agents connect. Children are
+	 * started with fork+exec and LMDB's descriptors are close-on-exec, so this handle
+	 * never reaches a child. */
 	char dir[PATH_MAX];
-	struct pk_db *db = NULL;
 	snprintf(dir, sizeof(dir), "%s/db", s->cur.cfg.state_dir);
-	rc = pk_db_open(&db, dir, NULL);
+	rc = pk_db_open(&s->db, dir, NULL);
 	if (rc < 0) {
 		snprintf(err, errlen, "routing table %.900s: %s", dir, pk_db_strerror(rc));
 		return rc;
 	}
-	pk_db_close(db);
+	(void)pk_db_clear(s->db, PK_DB_ROUTES);
 
 	size_t size = 0;
 	rc = pk_counters_create(&size);
@@ -958,6 +979,7 @@ int pk_supervisor_run(struct pk_config *cfg, int argc, char **argv)
 	uv_run(s->loop, UV_RUN_DEFAULT);
 
 	pk__close_listeners_except(&s->cur, NULL);
+	pk_db_close(s->db);
 	pk_pidfile_release(s->cur.cfg.state_dir, s->pidfile_fd);
 	pk__gen_free(&s->cur);
 	return s->exit_code;

@@ -1189,3 +1189,14 @@ ssize_t pk_http1_body_feed(struct pk_http1_body *b, const void *data, size_t len
 		return 0;
 	}
 }
+
+char *pk_http1_get_copy(const struct pk_http1_parser *p, const char *name, char *buf, size_t size)
+{
+	size_t len = 0;
+	const char *v = pk_http1_get(p, name, &len);
+	if (v == NULL || len >= size)
+		return NULL;
+	memcpy(buf, v, len);
+	buf[len] = '\0';
+	return buf;
+}

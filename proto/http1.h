@@ -165,6 +165,11 @@ int pk_http1_find(const struct pk_http1_parser *p, const char *name, int from);
 /* Value of the first header named `name`, or NULL. *len gets its length (len may be NULL). */
 const char *pk_http1_get(const struct pk_http1_parser *p, const char *name, size_t *len);
 
+/* Copies the value of the first header named `name` into buf as a NUL-terminated string.
+ * Returns buf, or NULL when absent or when the value does not fit (size includes the NUL). */
+char *pk_http1_get_copy(const struct pk_http1_parser *p, const char *name, char *buf,
+                        size_t size);
+
 /* Number of headers named `name`. */
 unsigned pk_http1_count(const struct pk_http1_parser *p, const char *name);
 

@@ -1,111 +1,283 @@
-/* A worker: serves the proxy and upstream listeners on its own libuv loop.
+/* A worker: serves the proxy and upstream listeners on its own libuv loop, holds the
+ * tunnels of the agents that connected to it, and adopts client connections other workers
+ * hand it for those tunnels.
  *
  * Every worker accepts on the same inherited listening sockets; the kernel spreads the
  * connections. On drain a worker stops accepting at once (the listeners stay open in the
- * supervisor and the newer generation, so nothing queued is lost), finishes what it
- * accepted, and exits.
+ * supervisor and the newer generation, so nothing queued is lost), takes its tunnels' routes
+ * out of the table (leaving "moving" markers so requests wait for the agents to reconnect
+ * instead of failing), finishes what it accepted, closes each tunnel once idle, and exits.
  */
+#include "workers/worker.h"
+
 #include "common/log.h"
 #include "proto/http1.h"
-#include "workers/child.h"
-#include "workers/httpd.h"
+#include "proto/jwt.h"
+#include "proto/websocket.h"
+#include "shm/counters.h"
+#include "shm/db.h"
+#include "shm/routes.h"
+#include "workers/handoff.h"
+#include "workers/proxy.h"
+#include "workers/tunnel.h"
+#include "workers/upstream.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define PK__LOG "worker"
 
-struct pk__worker {
-	struct pk_child *child;
-	struct pk_httpd *proxy;
-	struct pk_httpd *upstream;
-	int open_servers;
+uint64_t pk_worker_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int pk_worker_peer_name(uv_tcp_t *tcp, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	int sl = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+	buf[0] = '\0';
+	if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sl) < 0)
+		return -ENOTCONN;
+	if (ss.ss_family == AF_INET6) {
+		uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+	} else {
+		uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+	}
+	return 0;
+}
+
+int pk_worker_ws_check(const struct pk_http1_parser *p, char accept[PK_WS_ACCEPT_LEN + 1],
+		       const char **why)
+{
+	char method[16] = "", upgrade[128], connection[256], key[64], version[16];
+	if (p->method.len < sizeof(method)) {
+		memcpy(method, pk_http1_ptr(p, p->method), p->method.len);
+		method[p->method.len] = '\0';
+	}
+	struct pk_ws_upgrade_req req = {
+		.method = method,
+		.http_version = p->version_minor == 1 ? "1.1" : "1.0",
+		.upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
+		.connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
+		.key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
+		.version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
+	};
+	return pk_ws_server_check(&req, accept, why);
+}
+
+/* ---- tunnel table ---- */
+
+struct pk__tunnel_entry {
+	struct pk_tunnel *t;
+	struct pk__tunnel_entry *next;
 };
 
-/* The endpoint a proxy request is for: x-piko-endpoint, else the Host's first label. */
-static int pk__request_endpoint(const struct pk_http_req *req, char *buf, size_t len)
+static struct pk__tunnel_entry *pk__buckets[PK_TUNNEL_BUCKETS];
+
+static unsigned pk__bucket(uint64_t id)
 {
-	const char *ep = pk_http_req_header(req, "x-piko-endpoint");
-	if (ep != NULL && ep[0] != '\0') {
-		snprintf(buf, len, "%s", ep);
-		return 1;
-	}
-	const char *host = pk_http_req_header(req, "host");
-	size_t label = 0;
-	if (host == NULL || !pk_http1_endpoint_from_host(host, strlen(host), &label) ||
-	    label >= len)
-		return 0;
-	memcpy(buf, host, label);
-	buf[label] = '\0';
-	return 1;
+	return (unsigned)((id * 0x9E3779B97F4A7C15ull) >> 52) % PK_TUNNEL_BUCKETS;
 }
 
-static void pk__proxy_handle(struct pk_httpd_conn *conn, const struct pk_http_req *req, void *ud)
+void pk_worker_add_tunnel(struct pk_worker *w, struct pk_tunnel *t)
 {
-	char endpoint[256];
-	if (!pk__request_endpoint(req, endpoint, sizeof(endpoint))) {
-		pk_httpd_respond_error(conn, 400, "missing endpoint id");
+	struct pk__tunnel_entry *e = malloc(sizeof(*e));
+	if (e == NULL)
+		abort();
+	unsigned b = pk__bucket(pk_tunnel_id(t));
+	e->t = t;
+	e->next = pk__buckets[b];
+	pk__buckets[b] = e;
+	w->ntunnels++;
+}
+
+void pk_worker_remove_tunnel(struct pk_worker *w, struct pk_tunnel *t)
+{
+	unsigned b = pk__bucket(pk_tunnel_id(t));
+	for (struct pk__tunnel_entry **pp = &pk__buckets[b]; *pp; pp = &(*pp)->next) {
+		if ((*pp)->t == t) {
+			struct pk__tunnel_entry *e = *pp;
+			*pp = e->next;
+			free(e);
+			w->ntunnels--;
+			return;
+		}
+	}
+}
+
+struct pk_tunnel *pk_worker_find_tunnel(struct pk_worker *w, uint64_t id)
+{
+	for (struct pk__tunnel_entry *e = pk__buckets[pk__bucket(id)]; e; e = e->next)
+		if (pk_tunnel_id(e->t) == id)
+			return e->t;
+	return NULL;
+}
+
+/* ---- handoffs in ---- */
+
+static void pk__on_handoff(uv_poll_t *p, int status, int events)
+{
+	struct pk_worker *w = p->data;
+	for (int i = 0; i < 64; i++) {
+		struct pk_handoff h;
+		int fd = -1;
+		char *bytes = NULL;
+		size_t len = 0;
+		int rc = pk_handoff_recv(w->handoff_fd, &h, &fd, &bytes, &len);
+		if (rc == -EAGAIN)
+			return;
+		if (rc < 0) {
+			pk_log_warn("handoff", "bad handoff message", "error=%s", strerror(-rc));
+			continue;
+		}
+		rc = pk_proxy_adopt(w, &h, fd, bytes, len);
+		if (rc < 0) {
+			pk_log_warn("handoff", "cannot adopt connection", "error=%s", strerror(-rc));
+			close(fd);
+		}
+		free(bytes);
+	}
+}
+
+/* ---- draining ---- */
+
+static void pk__listener_closed(uv_handle_t *h)
+{
+}
+
+void pk_worker_check_drained(struct pk_worker *w)
+{
+	if (!w->draining)
 		return;
-	}
-	/* No upstream can register with this build yet (tunnels are the next piece), so
-	 * every endpoint is without upstreams: the answer a Piko client expects then. */
-	pk_httpd_respond_error(conn, 502, "no available upstreams");
-}
-
-static void pk__upstream_handle(struct pk_httpd_conn *conn, const struct pk_http_req *req,
-				void *ud)
-{
-	if (strncmp(req->path, "/piko/v1/upstream/", 18) != 0) {
-		pk_httpd_respond_error(conn, 404, "not found");
-		return;
-	}
-	/* 503 is retryable for Piko agents: they keep trying until a build that accepts
-	 * tunnels answers. */
-	pk_httpd_respond_error(conn, 503, "upstream registration not available");
-}
-
-static void pk__server_drained(void *ud)
-{
-	struct pk__worker *w = ud;
-	if (--w->open_servers == 0)
+	if (w->proxy_conns == 0 && w->upstream_conns == 0 && w->ntunnels == 0)
 		pk_child_exit(w->child, 0);
+}
+
+static void pk__drain_tunnels(struct pk_worker *w)
+{
+	/* Markers first, so that a request finding no route while an agent moves waits for
+	 * it to register again (up to grace_period) instead of failing. */
+	uint64_t until = pk_worker_now_ms() + w->cfg->grace_period_ms;
+	struct pk_tunnel *all[256];
+	for (;;) {
+		int n = 0;
+		for (unsigned b = 0; b < PK_TUNNEL_BUCKETS && n < 256; b++)
+			for (struct pk__tunnel_entry *e = pk__buckets[b]; e && n < 256; e = e->next)
+				if (pk_tunnel_usable(e->t))
+					all[n++] = e->t;
+		if (n == 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct pk_route marker = {.slot = PK_ROUTE_SLOT_MARKER, .since_ms = until};
+			const char *ep = pk_tunnel_endpoint(all[i]);
+			marker.tunnel_id = pk_tunnel_id(all[i]);
+			(void)pk_routes_add(w->db, ep, strlen(ep), &marker);
+			pk_tunnel_drain(all[i]);
+		}
+	}
 }
 
 static void pk__worker_drain(struct pk_child *c, int now)
 {
-	struct pk__worker *w = c->role_data;
+	struct pk_worker *w = c->role_data;
 	if (now)
 		pk_child_exit(c, 0);
-	pk_httpd_drain(w->proxy, pk__server_drained, w);
-	pk_httpd_drain(w->upstream, pk__server_drained, w);
+	if (w->draining)
+		return;
+	w->draining = 1;
+	if (w->listeners_open) {
+		w->listeners_open = 0;
+		uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
+		uv_close((uv_handle_t *)&w->upstream_listener, pk__listener_closed);
+	}
+	pk_proxy_drain(w);
+	pk__drain_tunnels(w);
+	pk_worker_check_drained(w);
+}
+
+/* ---- start-up ---- */
+
+static int pk__make_verifier(const struct pk_auth_config *a, const char *port,
+			     struct pk_jwt_verifier **out)
+{
+	const char *why = NULL;
+	*out = NULL;
+	if (!a->hmac_secret_key && !a->rsa_public_key && !a->ecdsa_public_key)
+		return 0;
+	struct pk_jwt_config jc = {
+		.hmac_secret_key = a->hmac_secret_key,
+		.rsa_public_key = a->rsa_public_key,
+		.ecdsa_public_key = a->ecdsa_public_key,
+		.audience = a->audience,
+		.issuer = a->issuer,
+	};
+	int rc = pk_jwt_verifier_new(&jc, out, &why);
+	if (rc < 0)
+		pk_log_error(PK__LOG, "invalid auth configuration", "port=%s error=%s", port,
+			     why ? why : strerror(-rc));
+	return rc;
 }
 
 int pk_worker_start(struct pk_child *c)
 {
-	static struct pk__worker worker;
-	struct pk__worker *w = &worker;
-	const struct pk_config *cfg = &c->cfg;
-	struct pk_httpd_options popt = {
-		.max_header_bytes = cfg->proxy_max_header_bytes,
-		.read_header_timeout_ms = cfg->proxy_read_header_timeout_ms,
-		.idle_timeout_ms = cfg->proxy_idle_timeout_ms,
-		.subsystem = "proxy",
-	};
-	struct pk_httpd_options uopt = popt;
+	static struct pk_worker worker;
+	struct pk_worker *w = &worker;
+	char dir[PATH_MAX];
 	int rc;
 
-	uopt.subsystem = "upstream";
 	w->child = c;
-	rc = pk_httpd_start(&w->proxy, c->loop, PK_FD_PROXY, &popt, pk__proxy_handle, w);
+	w->loop = c->loop;
+	w->cfg = &c->cfg;
+	w->ctr = c->counters;
+	w->slot = c->slot;
+	w->generation = c->generation;
+	w->worker_index = c->worker_index;
+	w->handoff_fd = w->sender_fd = -1;
+	srand((unsigned)getpid() ^ (unsigned)pk_worker_now_ms());
+
+	if (pk__make_verifier(&w->cfg->upstream.auth, "upstream", &w->upstream_auth) < 0 ||
+	    pk__make_verifier(&w->cfg->proxy.auth, "proxy", &w->proxy_auth) < 0)
+		pk_child_exit(c, PK_EXIT_FATAL_CONFIG);
+
+	snprintf(dir, sizeof(dir), "%s/db", w->cfg->state_dir);
+	rc = pk_db_open(&w->db, dir, NULL);
+	if (rc < 0)
+		return rc;
+	/* A previous worker in this slot may have died without cleaning up. */
+	(void)pk_routes_purge_slot(w->db, (uint32_t)w->slot);
+
+	rc = pk_handoff_prepare_dir(w->cfg->state_dir, w->run_dir, sizeof(w->run_dir));
 	if (rc == 0)
-		rc = pk_httpd_start(&w->upstream, c->loop, PK_FD_UPSTREAM, &uopt,
-				    pk__upstream_handle, w);
+		rc = pk_handoff_listen(w->run_dir, w->slot, &w->handoff_fd);
+	if (rc == 0)
+		rc = pk_handoff_sender(&w->sender_fd);
+	if (rc < 0) {
+		pk_log_error(PK__LOG, "cannot set up the handoff channel", "dir=%s error=%s",
+			     w->run_dir, strerror(-rc));
+		return rc;
+	}
+	uv_poll_init(w->loop, &w->handoff_poll, w->handoff_fd);
+	w->handoff_poll.data = w;
+	uv_poll_start(&w->handoff_poll, UV_READABLE, pk__on_handoff);
+
+	rc = pk_proxy_listen(w, PK_FD_PROXY);
+	if (rc == 0)
+		rc = pk_upstream_listen(w, PK_FD_UPSTREAM);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "cannot serve the listeners", "error=%s", uv_strerror(rc));
 		return rc;
 	}
-	w->open_servers = 2;
+	w->listeners_open = 1;
 	c->role_data = w;
 	c->on_drain = pk__worker_drain;
 	return pk_child_ready(c);

@@ -1,0 +1,586 @@
+#include "workers/tunnel.h"
+
+#include "common/log.h"
+#include "proto/websocket.h"
+#include "proto/yamux.h"
+#include "shm/counters.h"
+#include "shm/routes.h"
+#include "workers/worker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PK__LOG                "upstream"
+#define PK__READ_BUF           (64 * 1024)
+#define PK__QUEUE_HIGH         (1024 * 1024) /* bytes queued to the agent before streams wait */
+#define PK__QUEUE_LOW          (256 * 1024)
+#define PK__TICK_MS            5000
+#define PK__PING_INTERVAL_MS   30000 /* as Piko */
+#define PK__PING_TIMEOUT_MS    10000
+#define PK__MAX_STREAMS        1024 /* concurrent streams per tunnel */
+
+struct pk__tstream {
+	struct pk_tunnel *t;
+	const struct pk_tstream_ops *ops;
+	void *ud;
+	uint32_t id;
+	int user_gone; /* reset by the user: no more callbacks */
+	int blocked;   /* waiting for the agent queue to drain */
+	struct pk__tstream *bnext;
+};
+
+struct pk_tunnel {
+	struct pk_worker *w;
+	uv_tcp_t *tcp;
+	uv_timer_t timer;
+	int handles;
+	struct pk_ws ws;
+	struct pk_yamux_session *ys;
+	char endpoint[PK_ROUTE_MAX_ENDPOINT + 1];
+	char remote[80];
+	uint64_t id;
+	struct pk_route route;
+	int route_added; /* the route row is in the table */
+	int ctr_held;    /* the counters slot is ours */
+	int64_t token_exp;
+	int closing;
+	int draining;
+	int close_sent;
+	size_t queued;
+	unsigned nstreams;
+	uint64_t last_ping_ms;
+	uint32_t ping_seq;
+	struct pk__tstream *blocked;
+	struct pk_tunnel *hnext;
+	uint8_t rbuf[PK__READ_BUF];
+};
+
+struct pk__twrite {
+	uv_write_t req;
+	struct pk_tunnel *t;
+	size_t len;
+	uint8_t data[];
+};
+
+static void pk__tunnel_close(struct pk_tunnel *t, const char *reason);
+static void pk__tick(uv_timer_t *timer);
+
+uint64_t pk_tunnel_id(const struct pk_tunnel *t)
+{
+	return t->id;
+}
+
+const char *pk_tunnel_endpoint(const struct pk_tunnel *t)
+{
+	return t->endpoint;
+}
+
+int pk_tunnel_usable(const struct pk_tunnel *t)
+{
+	return !t->closing && !t->draining && t->ys != NULL && !pk_yamux_remote_goaway(t->ys);
+}
+
+unsigned pk_tunnel_streams(const struct pk_tunnel *t)
+{
+	return t->nstreams;
+}
+
+/* ---- writing to the agent ---- */
+
+static void pk__notify_writable(struct pk_tunnel *t)
+{
+	struct pk__tstream *list = t->blocked;
+	t->blocked = NULL;
+	while (list) {
+		struct pk__tstream *ts = list;
+		list = ts->bnext;
+		ts->blocked = 0;
+		ts->bnext = NULL;
+		if (!ts->user_gone && ts->ops->on_writable)
+			ts->ops->on_writable(ts->ud);
+		if (t->closing)
+			return;
+	}
+}
+
+static void pk__twrite_done(uv_write_t *req, int status)
+{
+	struct pk__twrite *wr = (struct pk__twrite *)req;
+	struct pk_tunnel *t = wr->t;
+	t->queued -= wr->len;
+	free(wr);
+	if (status < 0) {
+		pk__tunnel_close(t, "write failed");
+		return;
+	}
+	if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing)
+		pk__notify_writable(t);
+}
+
+/* Queues one WebSocket frame (binary unless given) holding the concatenated iovecs. */
+static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struct iovec *iov,
+			  int iovcnt)
+{
+	uint8_t hdr[PK_WS_MAX_HEADER];
+	size_t total = 0;
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	int hlen = pk_ws_header(&t->ws, hdr, op, true, total, NULL);
+	if (hlen < 0)
+		return hlen;
+	struct pk__twrite *wr = malloc(sizeof(*wr) + (size_t)hlen + total);
+	if (wr == NULL)
+		return -ENOMEM;
+	memcpy(wr->data, hdr, (size_t)hlen);
+	size_t off = (size_t)hlen;
+	for (int i = 0; i < iovcnt; i++) {
+		memcpy(wr->data + off, iov[i].iov_base, iov[i].iov_len);
+		off += iov[i].iov_len;
+	}
+	wr->t = t;
+	wr->len = off;
+	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)off);
+	int rc = uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done);
+	if (rc < 0) {
+		free(wr);
+		return rc;
+	}
+	t->queued += off;
+	return 0;
+}
+
+static int pk__send_raw(struct pk_tunnel *t, const uint8_t *frame, size_t len)
+{
+	struct pk__twrite *wr = malloc(sizeof(*wr) + len);
+	if (wr == NULL)
+		return -ENOMEM;
+	memcpy(wr->data, frame, len);
+	wr->t = t;
+	wr->len = len;
+	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)len);
+	int rc = uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done);
+	if (rc < 0) {
+		free(wr);
+		return rc;
+	}
+	t->queued += len;
+	return 0;
+}
+
+/* ---- yamux callbacks ---- */
+
+static int pk__ys_write(void *ud, const struct iovec *iov, int iovcnt)
+{
+	struct pk_tunnel *t = ud;
+	if (t->close_sent)
+		return -EPIPE;
+	return pk__send_frame(t, PK_WS_OP_BINARY, iov, iovcnt);
+}
+
+static int pk__ys_on_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
+{
+	/* Agents never open streams towards the server (PROTOCOL.md section 1). */
+	return PK_YAMUX_REJECT;
+}
+
+static void pk__ys_on_data(struct pk_yamux_session *s, void *ud, uint32_t id, void *user,
+			   const uint8_t *data, size_t len)
+{
+	struct pk__tstream *ts = user;
+	if (ts == NULL || ts->user_gone) {
+		pk_yamux_consumed(s, id, len);
+		return;
+	}
+	ts->ops->on_data(ts->ud, data, len);
+}
+
+static void pk__ys_on_fin(struct pk_yamux_session *s, void *ud, uint32_t id, void *user)
+{
+	struct pk__tstream *ts = user;
+	if (ts && !ts->user_gone && ts->ops->on_fin)
+		ts->ops->on_fin(ts->ud);
+}
+
+static void pk__ys_on_window(struct pk_yamux_session *s, void *ud, uint32_t id, void *user,
+			     uint32_t available)
+{
+	struct pk__tstream *ts = user;
+	if (ts && !ts->user_gone && !ts->blocked && ts->ops->on_writable)
+		ts->ops->on_writable(ts->ud);
+}
+
+static void pk__unblock(struct pk_tunnel *t, struct pk__tstream *ts)
+{
+	for (struct pk__tstream **pp = &t->blocked; *pp; pp = &(*pp)->bnext)
+		if (*pp == ts) {
+			*pp = ts->bnext;
+			break;
+		}
+	ts->blocked = 0;
+}
+
+static void pk__ys_on_free(struct pk_yamux_session *s, void *ud, uint32_t id, void *user)
+{
+	struct pk_tunnel *t = ud;
+	struct pk__tstream *ts = user;
+	if (ts == NULL)
+		return;
+	if (ts->blocked)
+		pk__unblock(t, ts);
+	t->nstreams--;
+	pk_counters_tunnel_streams_add(t->w->ctr, t->route.ctr_slot, t->route.ctr_tag, -1);
+	if (!ts->user_gone && ts->ops->on_close)
+		ts->ops->on_close(ts->ud, -ECONNRESET);
+	free(ts);
+	if (t->draining && t->nstreams == 0 && !t->closing)
+		uv_timer_start(&t->timer, pk__tick, 0, 0); /* close outside the session's call */
+}
+
+static void pk__ys_on_goaway(struct pk_yamux_session *s, void *ud, uint32_t code)
+{
+	struct pk_tunnel *t = ud;
+	pk_log_info(PK__LOG, "agent sent goaway", "endpoint=%s code=%u", t->endpoint, code);
+}
+
+static void pk__ys_on_error(struct pk_yamux_session *s, void *ud, int err, const char *reason)
+{
+	struct pk_tunnel *t = ud;
+	pk_log_warn(PK__LOG, "yamux protocol error from agent", "endpoint=%s reason=%s",
+		    t->endpoint, reason);
+}
+
+static uint64_t pk__now_cb(void *ud)
+{
+	return pk_worker_now_ms();
+}
+
+static const struct pk_yamux_callbacks pk__ys_cbs = {
+	.write = pk__ys_write,
+	.on_stream = pk__ys_on_stream,
+	.on_data = pk__ys_on_data,
+	.on_fin = pk__ys_on_fin,
+	.on_window = pk__ys_on_window,
+	.on_free = pk__ys_on_free,
+	.on_goaway = pk__ys_on_goaway,
+	.on_error = pk__ys_on_error,
+};
+
+/* ---- stream API for the proxy ---- */
+
+int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud,
+			  uint32_t *id)
+{
+	if (!pk_tunnel_usable(t))
+		return -ECONNREFUSED;
+	if (t->nstreams >= PK__MAX_STREAMS)
+		return -EBUSY;
+	struct pk__tstream *ts = calloc(1, sizeof(*ts));
+	if (ts == NULL)
+		return -ENOMEM;
+	ts->t = t;
+	ts->ops = ops;
+	ts->ud = ud;
+	/* Lazy: the SYN rides on the request's first bytes. */
+	int rc = pk_yamux_open(t->ys, PK_YAMUX_OPEN_LAZY, ts, &ts->id);
+	if (rc < 0) {
+		free(ts);
+		return rc;
+	}
+	t->nstreams++;
+	pk_counters_tunnel_streams_add(t->w->ctr, t->route.ctr_slot, t->route.ctr_tag, 1);
+	pk_counters_worker_add(t->w->ctr, t->w->worker_index, PK_CTR_W_STREAMS_OPENED, 1);
+	*id = ts->id;
+	return 0;
+}
+
+static struct pk__tstream *pk__ts(struct pk_tunnel *t, uint32_t id)
+{
+	if (t->closing || t->ys == NULL)
+		return NULL;
+	return pk_yamux_stream_user(t->ys, id);
+}
+
+ssize_t pk_tunnel_stream_send(struct pk_tunnel *t, uint32_t id, const void *buf, size_t len)
+{
+	struct pk__tstream *ts = pk__ts(t, id);
+	if (ts == NULL)
+		return -EPIPE;
+	if (t->queued >= PK__QUEUE_HIGH) {
+		if (!ts->blocked) {
+			ts->blocked = 1;
+			ts->bnext = t->blocked;
+			t->blocked = ts;
+		}
+		return 0;
+	}
+	return pk_yamux_send(t->ys, id, buf, len);
+}
+
+int pk_tunnel_stream_consumed(struct pk_tunnel *t, uint32_t id, size_t n)
+{
+	if (pk__ts(t, id) == NULL)
+		return -EPIPE;
+	return pk_yamux_consumed(t->ys, id, n);
+}
+
+int pk_tunnel_stream_fin(struct pk_tunnel *t, uint32_t id)
+{
+	if (pk__ts(t, id) == NULL)
+		return -EPIPE;
+	return pk_yamux_close(t->ys, id);
+}
+
+void pk_tunnel_stream_reset(struct pk_tunnel *t, uint32_t id)
+{
+	struct pk__tstream *ts = pk__ts(t, id);
+	if (ts == NULL)
+		return;
+	ts->user_gone = 1;
+	pk_yamux_reset(t->ys, id);
+}
+
+/* ---- lifetime ---- */
+
+static void pk__tunnel_handle_closed(uv_handle_t *h)
+{
+	struct pk_tunnel *t = h->data;
+	if (h != (uv_handle_t *)&t->timer)
+		free(h);
+	if (--t->handles > 0)
+		return;
+	struct pk_worker *w = t->w;
+	free(t);
+	pk_worker_check_drained(w);
+}
+
+static void pk__after_shutdown(uv_shutdown_t *req, int status)
+{
+	struct pk_tunnel *t = req->data;
+	free(req);
+	uv_close((uv_handle_t *)t->tcp, pk__tunnel_handle_closed);
+}
+
+/* Takes the tunnel out of the routing table: no new request finds it. */
+static void pk__tunnel_unroute(struct pk_tunnel *t)
+{
+	if (!t->route_added)
+		return;
+	int rc = pk_routes_remove(t->w->db, t->endpoint, strlen(t->endpoint), &t->route);
+	if (rc < 0 && rc != -ENOENT)
+		pk_log_error(PK__LOG, "cannot remove route", "endpoint=%s error=%s", t->endpoint,
+			     strerror(-rc));
+	t->route_added = 0;
+}
+
+static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
+{
+	struct pk_worker *w = t->w;
+	if (t->closing)
+		return;
+	t->closing = 1;
+	pk__tunnel_unroute(t);
+	if (t->ctr_held) {
+		pk_counters_tunnel_free(w->ctr, w->slot, t->route.ctr_slot, t->route.ctr_tag);
+		pk_counters_gauge_add(w->ctr, w->slot, PK_CTR_G_TUNNELS, -1);
+		t->ctr_held = 0;
+	}
+	pk_worker_remove_tunnel(w, t);
+	pk_log_info(PK__LOG, "upstream disconnected", "endpoint=%s tunnel_id=%llu reason=%s",
+		    t->endpoint, (unsigned long long)t->id, reason);
+
+	/* Streams learn first (their users answer 502 or close), then the agent gets a
+	 * proper close frame, then FIN. */
+	struct pk_yamux_session *ys = t->ys;
+	t->ys = NULL;
+	pk_yamux_free(ys);
+	t->blocked = NULL;
+	uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
+	int n = pk_ws_close(&t->ws, frame, sizeof(frame), PK_WS_CLOSE_GOING_AWAY, NULL, 0);
+	if (n > 0)
+		(void)pk__send_raw(t, frame, (size_t)n);
+	t->close_sent = 1;
+	uv_timer_stop(&t->timer);
+	uv_close((uv_handle_t *)&t->timer, pk__tunnel_handle_closed);
+	uv_read_stop((uv_stream_t *)t->tcp);
+	uv_shutdown_t *req = malloc(sizeof(*req));
+	if (req) {
+		req->data = t;
+		if (uv_shutdown(req, (uv_stream_t *)t->tcp, pk__after_shutdown) == 0)
+			return;
+		free(req);
+	}
+	uv_close((uv_handle_t *)t->tcp, pk__tunnel_handle_closed);
+}
+
+static void pk__tick(uv_timer_t *timer)
+{
+	struct pk_tunnel *t = timer->data;
+	uint64_t now = pk_worker_now_ms();
+	uint64_t oldest = 0;
+
+	if (t->closing)
+		return;
+	if (t->draining && t->nstreams == 0) {
+		pk__tunnel_close(t, "worker draining");
+		return;
+	}
+	if (t->token_exp > 0 && (int64_t)time(NULL) >= t->token_exp) {
+		pk__tunnel_close(t, "token expired");
+		return;
+	}
+	if (pk_yamux_ping_outstanding(t->ys, &oldest) > 0 && now - oldest > PK__PING_TIMEOUT_MS) {
+		pk__tunnel_close(t, "ping timeout");
+		return;
+	}
+	if (now - t->last_ping_ms >= PK__PING_INTERVAL_MS) {
+		t->last_ping_ms = now;
+		(void)pk_yamux_ping(t->ys, ++t->ping_seq);
+	}
+	uint64_t next = PK__TICK_MS;
+	if (t->token_exp > 0) {
+		int64_t left_ms = (t->token_exp - (int64_t)time(NULL)) * 1000;
+		if (left_ms >= 0 && (uint64_t)left_ms < next)
+			next = (uint64_t)left_ms + 1;
+	}
+	uv_timer_start(&t->timer, pk__tick, next, 0);
+}
+
+static void pk__feed(struct pk_tunnel *t, uint8_t *buf, size_t len)
+{
+	size_t off = 0;
+	for (;;) {
+		struct pk_ws_event ev;
+		off += pk_ws_feed(&t->ws, buf + off, len - off, &ev);
+		switch (ev.type) {
+		case PK_WS_EV_NONE:
+			return;
+		case PK_WS_EV_DATA: {
+			ssize_t rc = pk_yamux_feed(t->ys, ev.data, ev.len);
+			if (rc < 0) {
+				pk__tunnel_close(t, "yamux session ended");
+				return;
+			}
+			if (t->closing)
+				return;
+			break;
+		}
+		case PK_WS_EV_PING: {
+			uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
+			int n = pk_ws_control(&t->ws, frame, sizeof(frame), PK_WS_OP_PONG, ev.data,
+					      ev.len);
+			if (n > 0)
+				(void)pk__send_raw(t, frame, (size_t)n);
+			break;
+		}
+		case PK_WS_EV_CLOSE:
+			pk__tunnel_close(t, "agent closed the websocket");
+			return;
+		case PK_WS_EV_ERROR:
+			pk_log_warn(PK__LOG, "websocket error from agent", "endpoint=%s reason=%s",
+				    t->endpoint, ev.reason);
+			pk__tunnel_close(t, "websocket protocol error");
+			return;
+		default:
+			break;
+		}
+	}
+}
+
+static void pk__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	struct pk_tunnel *t = h->data;
+	*b = uv_buf_init((char *)t->rbuf, sizeof(t->rbuf));
+}
+
+static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+	struct pk_tunnel *t = s->data;
+	if (n < 0) {
+		pk__tunnel_close(t, n == UV_EOF ? "agent disconnected" : uv_strerror((int)n));
+		return;
+	}
+	if (n > 0)
+		pk__feed(t, t->rbuf, (size_t)n);
+}
+
+void pk_tunnel_drain(struct pk_tunnel *t)
+{
+	if (t->closing || t->draining)
+		return;
+	t->draining = 1;
+	pk__tunnel_unroute(t);
+	if (t->nstreams == 0)
+		pk__tunnel_close(t, "worker draining");
+}
+
+int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint,
+		    const char *remote, int64_t token_exp, const void *rest, size_t rest_len)
+{
+	struct pk_yamux_options yo;
+	struct pk_tunnel *t = calloc(1, sizeof(*t));
+	int rc;
+
+	if (t == NULL)
+		return -ENOMEM;
+	if (rest_len > sizeof(t->rbuf)) {
+		free(t);
+		return -E2BIG;
+	}
+	t->w = w;
+	t->tcp = tcp;
+	tcp->data = t;
+	snprintf(t->endpoint, sizeof(t->endpoint), "%s", endpoint);
+	snprintf(t->remote, sizeof(t->remote), "%s", remote);
+	t->token_exp = token_exp;
+	t->id = ((uint64_t)(uint32_t)getpid() << 32) | (++w->next_tunnel_id & 0xffffffffu);
+	pk_ws_init(&t->ws, PK_WS_SERVER, NULL);
+	pk_yamux_options_init(&yo);
+	yo.now_ms = pk__now_cb;
+	rc = pk_yamux_new(&t->ys, PK_YAMUX_SERVER, &yo, &pk__ys_cbs, t);
+	if (rc < 0)
+		goto err_free;
+
+	t->route.slot = (uint32_t)w->slot;
+	t->route.generation = w->generation;
+	t->route.tunnel_id = t->id;
+	t->route.since_ms = pk_worker_now_ms();
+	rc = pk_counters_tunnel_alloc(w->ctr, w->slot, &t->route.ctr_slot, &t->route.ctr_tag);
+	if (rc < 0)
+		goto err_session;
+	rc = pk_routes_add(w->db, t->endpoint, strlen(t->endpoint), &t->route);
+	if (rc < 0) {
+		pk_counters_tunnel_free(w->ctr, w->slot, t->route.ctr_slot, t->route.ctr_tag);
+		goto err_session;
+	}
+	(void)pk_routes_clear_markers(w->db, t->endpoint, strlen(t->endpoint));
+	t->route_added = 1;
+	t->ctr_held = 1;
+	pk_counters_gauge_add(w->ctr, w->slot, PK_CTR_G_TUNNELS, 1);
+	pk_counters_worker_add(w->ctr, w->worker_index, PK_CTR_W_TUNNELS_CONNECTED, 1);
+	pk_worker_add_tunnel(w, t);
+
+	uv_timer_init(w->loop, &t->timer);
+	t->timer.data = t;
+	t->handles = 2;
+	t->last_ping_ms = pk_worker_now_ms();
+	uv_timer_start(&t->timer, pk__tick, 0, 0);
+	pk_log_info(PK__LOG, "upstream registered", "endpoint=%s tunnel_id=%llu remote=%s",
+		    t->endpoint, (unsigned long long)t->id, t->remote);
+	uv_read_start((uv_stream_t *)tcp, pk__alloc, pk__on_read);
+	if (rest_len > 0) {
+		memcpy(t->rbuf, rest, rest_len);
+		pk__feed(t, t->rbuf, rest_len);
+	}
+	return 0;
+
+err_session:
+	pk_yamux_free(t->ys);
+err_free:
+	tcp->data = NULL;
+	free(t);
+	return rc;
+}
