@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -79,6 +80,7 @@ struct pk__sup {
 	int stopping;
 	int exit_code;
 	uv_timer_t stop_timer;
+	uv_timer_t housekeeping; /* expired route markers */
 	uv_signal_t sig_hup, sig_term, sig_int;
 	int counters_fd;
 	struct pk_counters *counters;
@@ -95,6 +97,17 @@ static void pk__reload_fail(struct pk__sup *s, const char *why);
 static uint64_t pk__now_ms(struct pk__sup *s)
 {
 	return uv_now(s->loop);
+}
+
+static void pk__housekeeping(uv_timer_t *t)
+{
+	struct pk__sup *s = t->data;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	int n = pk_routes_purge_expired_markers(s->db, now);
+	if (n > 0)
+		pk_log_debug(PK__LOG, "expired route markers purged", "count=%d", n);
 }
 
 /* ---- shared state for the admin child ---- */
@@ -769,6 +782,7 @@ static void pk__finish(struct pk__sup *s)
 	uv_signal_stop(&s->sig_hup);
 	uv_signal_stop(&s->sig_term);
 	uv_signal_stop(&s->sig_int);
+	uv_timer_stop(&s->housekeeping);
 	uv_timer_stop(&s->stop_timer);
 	uv_timer_stop(&s->reload_timer);
 	uv_stop(s->loop);
@@ -960,7 +974,9 @@ int pk_supervisor_run(struct pk_config *cfg, int argc, char **argv)
 
 	uv_timer_init(s->loop, &s->reload_timer);
 	uv_timer_init(s->loop, &s->stop_timer);
-	s->reload_timer.data = s->stop_timer.data = s;
+	uv_timer_init(s->loop, &s->housekeeping);
+	s->reload_timer.data = s->stop_timer.data = s->housekeeping.data = s;
+	uv_timer_start(&s->housekeeping, pk__housekeeping, 60000, 60000);
 	uv_signal_init(s->loop, &s->sig_hup);
 	uv_signal_init(s->loop, &s->sig_term);
 	uv_signal_init(s->loop, &s->sig_int);

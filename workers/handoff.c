@@ -15,7 +15,7 @@
 #include "common/channel.h"
 #include "common/log.h"
 
-#define PK__SUB "handoff"
+#define PK__SUB   "handoff"
 #define PK__SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
 /* Longest socket name a run dir must leave room for: "/w65535.sock". */
 #define PK__NAME_MAX (sizeof("/w65535.sock") - 1)
@@ -64,8 +64,7 @@ int pk_handoff_path(const char *run_dir, int slot, char *buf, size_t size)
 	if (!run_dir || !buf || slot < 0 || slot > PK_HANDOFF_MAX_SLOT)
 		return -EINVAL;
 	n = snprintf(buf, size, "%s/w%d.sock", run_dir, slot);
-	if (n < 0 || (size_t)n >= size ||
-	    (size_t)n >= sizeof(((struct sockaddr_un *)0)->sun_path))
+	if (n < 0 || (size_t)n >= size || (size_t)n >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return -ENAMETOOLONG;
 	return 0;
 }

@@ -36,6 +36,7 @@
 #define PK__WAIT_POLL_MS   20
 #define PK__TCP_PREFIX     "/_piko/v1/tcp/"
 #define PK__MAX_HOPS       2
+#define PK__HANDOFF_RETRY_MS 2000
 
 enum pk__pstate {
 	PK__P_HEAD,     /* reading a request head */
@@ -814,7 +815,7 @@ static int pk__handoff(struct pk__pconn *pc, const struct pk_route *r)
 		.version = PK_HANDOFF_VERSION,
 		.from_slot = (uint32_t)w->slot,
 		.tunnel_id = r->tunnel_id,
-		.flags = ((uint32_t)(pc->hops + 1) << 8) | (pc->https ? PK_HANDOFF_F_TLS : 0),
+		.flags = PK_HANDOFF_SET_HOPS(pc->hops + 1) | (pc->https ? PK_HANDOFF_F_TLS : 0),
 		.bytes_len = (uint32_t)(hl + pc->in_len),
 	};
 	snprintf(h.client_addr, sizeof(h.client_addr), "%.63s", pc->client);
@@ -895,9 +896,21 @@ static void pk__try_route(struct pk__pconn *pc)
 			if (m == 0)
 				break;
 			int pick = pk__p2c(load, m);
-			if (pk__handoff(pc, &cand[pick]) == 0)
+			int hrc = pk__handoff(pc, &cand[pick]);
+			if (hrc == 0)
 				return;
-			/* That worker is gone or full: forget its rows and try the others. */
+			if (hrc == -EAGAIN) {
+				/* Its handoff queue is full for the moment (a burst): retry soon,
+				 * within a bound, rather than fail the request. */
+				if (now < pc->started_ms + PK__HANDOFF_RETRY_MS) {
+					pc->state = PK__P_WAIT;
+					uv_timer_start(&pc->timer, pk__wait_tick, 1, 0);
+					return;
+				}
+				pk__fail(pc, 503, "worker busy");
+				return;
+			}
+			/* That worker is gone: forget its rows and try the others. */
 			for (int i = 0; i < n; i++)
 				if (rows[i].slot == cand[pick].slot)
 					rows[i].slot = (uint32_t)w->slot; /* excluded from here on */
@@ -1248,7 +1261,7 @@ int pk_proxy_adopt(struct pk_worker *w, const struct pk_handoff *h, int fd, cons
 	pc->in_len = len;
 	pc->in_cap = len + PK__READ_CHUNK;
 	pk__set_client(pc, h->client_addr);
-	pc->hops = (int)((h->flags >> 8) & 0xff);
+	pc->hops = (int)PK_HANDOFF_HOPS(h->flags);
 	pc->https = (h->flags & PK_HANDOFF_F_TLS) != 0;
 	pc->hint_tunnel = h->tunnel_id;
 	pk_counters_worker_add(w->ctr, w->worker_index, PK_CTR_W_HANDOFFS_RECEIVED, 1);
