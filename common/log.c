@@ -16,6 +16,7 @@ static enum pk_log_level pk__log_min = PK_LOG_INFO;
 static char *pk__log_subsystems[PK__LOG_MAX_SUBSYSTEMS];
 static int pk__log_nsubsystems;
 static char pk__log_context[512];
+static const char *pk__raw_fields; /* set only during pk_log_raw */
 
 static const char *const pk__level_names[] = {"debug", "info", "warn", "error"};
 
@@ -93,15 +94,12 @@ static void pk__putc(struct pk__out *o, char c)
 	pk__put(o, &c, 1);
 }
 
-static void pk__put_escaped(struct pk__out *o, const char *s)
+static void pk__put_escaped_n(struct pk__out *o, const char *s, size_t len)
 {
 	static const char hex[] = "0123456789abcdef";
-	if (s == NULL) {
-		pk__put(o, "null", 4);
-		return;
-	}
 	pk__putc(o, '"');
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+	for (const unsigned char *p = (const unsigned char *)s; p < (const unsigned char *)s + len;
+	     p++) {
 		switch (*p) {
 		case '"':
 			pk__put(o, "\\\"", 2);
@@ -128,6 +126,23 @@ static void pk__put_escaped(struct pk__out *o, const char *s)
 		}
 	}
 	pk__putc(o, '"');
+}
+
+static void pk__put_escaped(struct pk__out *o, const char *s)
+{
+	if (s == NULL)
+		pk__put(o, "null", 4);
+	else
+		pk__put_escaped_n(o, s, strlen(s));
+}
+
+size_t pk_json_escape(char *dst, size_t size, const char *src, size_t len)
+{
+	struct pk__out o = {dst, size, 0};
+	pk__put_escaped_n(&o, src, len);
+	if (size > 0)
+		dst[o.len < size ? o.len : size - 1] = '\0';
+	return o.len;
 }
 
 static void pk__put_fmt(struct pk__out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -226,7 +241,10 @@ int pk_log_render(char *buf, unsigned long size, enum pk_log_level level, const 
 	pk__put_fmt(&o, ",\"pid\":%ld", (long)getpid());
 	if (pk__log_context[0] != '\0')
 		pk__put(&o, pk__log_context, strlen(pk__log_context));
-	pk__put_fields(&o, fields_fmt, ap);
+	if (pk__raw_fields)
+		pk__put(&o, pk__raw_fields, strlen(pk__raw_fields));
+	else
+		pk__put_fields(&o, fields_fmt, ap);
 	pk__putc(&o, '}');
 	if (size > 0)
 		buf[o.len < size ? o.len : size - 1] = '\0';
@@ -290,4 +308,12 @@ void pk_log(enum pk_log_level level, const char *subsystem, const char *msg, con
 	va_start(ap, fields_fmt);
 	pk_logv(level, subsystem, msg, fields_fmt, ap);
 	va_end(ap);
+}
+
+void pk_log_raw(enum pk_log_level level, const char *subsystem, const char *msg,
+		const char *json_fields)
+{
+	pk__raw_fields = json_fields ? json_fields : "";
+	pk_log(level, subsystem, msg, NULL);
+	pk__raw_fields = NULL;
 }

@@ -17,6 +17,7 @@
 #define PK_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum pk_log_level {
 	PK_LOG_DEBUG = 0,
@@ -44,6 +45,16 @@ void pk_log(enum pk_log_level level, const char *subsystem, const char *msg, con
 	    ...) __attribute__((format(printf, 4, 5)));
 void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
 	     const char *fields_fmt, va_list ap);
+
+/* Writes a record whose fields are given pre-rendered: `json_fields` is either empty or
+ * a sequence of `,"key":value` pairs (valid JSON, built with pk_json_escape), for records
+ * whose keys are only known at run time (the access log's headers). */
+void pk_log_raw(enum pk_log_level level, const char *subsystem, const char *msg,
+		const char *json_fields);
+
+/* Writes src[0..len) as a JSON string (with quotes) into dst; returns the length it needs
+ * (snprintf semantics: truncated output is NUL-terminated but incomplete). */
+size_t pk_json_escape(char *dst, size_t size, const char *src, size_t len);
 
 /* Renders one record (without the trailing newline) into buf; returns the length that
  * would have been written (like snprintf). Exposed for tests. */

@@ -81,6 +81,11 @@ struct pk_config {
 	uint64_t proxy_max_header_bytes;       /* proxy.http.max_header_bytes, default 1 MiB */
 	uint64_t proxy_read_header_timeout_ms; /* default 10s */
 	uint64_t proxy_idle_timeout_ms;        /* default 5m */
+	int proxy_access_log_disable;          /* proxy.access_log.disable, default false */
+	struct pk_strlist proxy_access_log_request_headers;  /* allowlist, default none */
+	struct pk_strlist proxy_access_log_response_headers; /* allowlist, default none */
+	int upstream_max_streams; /* upstream.max_streams: concurrent streams per tunnel */
+	int admin_auth_exempt_probes; /* admin.auth.exempt_probes, default true */
 
 	struct pk_listener_config upstream;
 	struct pk_listener_config admin; /* default bind 127.0.0.1:8002 */

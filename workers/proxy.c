@@ -108,6 +108,10 @@ struct pk__pconn {
 	int resp_done;
 	int upstream_fin;
 	int status;
+	int inflight;          /* counted in the in-flight gauge */
+	uint64_t tunnel_id;    /* of the current request's stream */
+	uint64_t req_bytes;    /* request body bytes sent upstream */
+	uint64_t resp_bytes;   /* response bytes written to the client */
 
 	size_t out_pending; /* bytes written to the client, not yet completed */
 
@@ -182,6 +186,10 @@ static void pk__close(struct pk__pconn *pc)
 		return;
 	pc->state = PK__P_CLOSING;
 	pk__drop_xchg(pc, !pc->resp_done);
+	if (pc->inflight) {
+		pc->inflight = 0;
+		pk_counters_gauge_add(pc->w->ctr, pc->w->slot, PK_CTR_G_REQUESTS_INFLIGHT, -1);
+	}
 	uv_close((uv_handle_t *)&pc->tcp, pk__handle_closed);
 	uv_close((uv_handle_t *)&pc->timer, pk__handle_closed);
 }
@@ -273,19 +281,80 @@ static int pk__cwrite(struct pk__pconn *pc, const void *a, size_t alen, const vo
 	return 0;
 }
 
+/* Appends `,"<key>":{"name":"value",...}` for the allow-listed headers of p. */
+static size_t pk__log_headers(char *buf, size_t size, const char *key,
+			      const struct pk_http1_parser *p, const struct pk_strlist *allow)
+{
+	size_t n = 0;
+	int first = 1;
+	if (allow->count == 0 || p == NULL || size < 64)
+		return 0;
+	n += (size_t)snprintf(buf, size, ",\"%s\":{", key);
+	for (int i = 0; i < allow->count && n < size - 32; i++) {
+		for (int h = pk_http1_find(p, allow->items[i], 0); h >= 0;
+		     h = pk_http1_find(p, allow->items[i], h + 1)) {
+			if (n >= size - 32)
+				break;
+			if (!first)
+				buf[n++] = ',';
+			first = 0;
+			n += pk_json_escape(buf + n, size - n, allow->items[i],
+					    strlen(allow->items[i]));
+			if (n >= size - 8)
+				break;
+			buf[n++] = ':';
+			n += pk_json_escape(buf + n, size - n, pk_http1_ptr(p, p->headers[h].value),
+					    p->headers[h].value.len);
+			break; /* the first value of each listed header */
+		}
+	}
+	if (n >= size - 2)
+		return 0; /* too much to log whole: leave the headers out */
+	buf[n++] = '}';
+	buf[n] = '\0';
+	return n;
+}
+
 static void pk__finish_request(struct pk__pconn *pc)
 {
+	struct pk_worker *w = pc->w;
 	uint64_t now = pk_worker_now_ms();
-	size_t mlen = 0;
-	const char *m = pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.method) : NULL;
-	if (m)
-		mlen = pc->req.method.len;
-	pk_counters_request_done(pc->w->ctr, pc->w->worker_index,
-				 m ? pk_counters_method(m, mlen) : PK_CTR_M_OTHER, pc->status,
+	size_t mlen = pc->req_head_done ? pc->req.method.len : 0;
+	const char *m = pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.method) : "";
+	pk_counters_request_done(w->ctr, w->worker_index,
+				 mlen ? pk_counters_method(m, mlen) : PK_CTR_M_OTHER, pc->status,
 				 (now - pc->started_ms) * 1000);
-	pk_log(pc->status >= 500 ? PK_LOG_WARN : PK_LOG_DEBUG, "proxy.access", "request",
-	       "endpoint=%s status=%d duration_ms=%llu client=%s", pc->endpoint, pc->status,
-	       (unsigned long long)(now - pc->started_ms), pc->client);
+	if (pc->inflight) {
+		pc->inflight = 0;
+		pk_counters_gauge_add(w->ctr, w->slot, PK_CTR_G_REQUESTS_INFLIGHT, -1);
+	}
+	if (w->cfg->proxy_access_log_disable)
+		return;
+	char fields[8192], target[2048];
+	size_t tlen = pc->req_head_done ? pc->req.target.len : 0;
+	pk_json_escape(target, sizeof(target), pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.target) : "",
+		       tlen > 1024 ? 1024 : tlen);
+	char method[40];
+	pk_json_escape(method, sizeof(method), m, mlen > 16 ? 16 : mlen);
+	int n = snprintf(fields, sizeof(fields),
+			 ",\"endpoint\":\"%s\",\"method\":%s,\"path\":%s,\"status\":%d,"
+			 "\"duration_ms\":%llu,\"request_bytes\":%llu,\"response_bytes\":%llu,"
+			 "\"client\":\"%s\",\"tunnel_id\":%llu,\"handoffs\":%d",
+			 pc->endpoint, method, target, pc->status,
+			 (unsigned long long)(now - pc->started_ms),
+			 (unsigned long long)pc->req_bytes, (unsigned long long)pc->resp_bytes,
+			 pc->client, (unsigned long long)pc->tunnel_id, pc->hops);
+	if (n > 0 && (size_t)n < sizeof(fields)) {
+		size_t len = (size_t)n;
+		len += pk__log_headers(fields + len, sizeof(fields) - len, "request_headers",
+				       pc->req_head_done ? &pc->req : NULL,
+				       &w->cfg->proxy_access_log_request_headers);
+		pk__log_headers(fields + len, sizeof(fields) - len, "response_headers",
+				pc->resp_head_done ? &pc->resp : NULL,
+				&w->cfg->proxy_access_log_response_headers);
+	}
+	pk_log_raw(pc->status >= 500 ? PK_LOG_WARN : PK_LOG_INFO, "proxy.access", "request",
+		   fields);
 }
 
 /* Answers the current request with a JSON error. */
@@ -445,6 +514,7 @@ static void pk__response_body(struct pk__pconn *pc, const uint8_t *data, size_t 
 		pk__close(pc);
 		return;
 	}
+	pc->resp_bytes += (uint64_t)body;
 	if (pc->respbody.done && !pc->resp_done) {
 		pc->resp_done = 1;
 		pk__finish_request(pc);
@@ -514,6 +584,7 @@ static void pk__response_head(struct pk__pconn *pc, const uint8_t *data, size_t 
 		pk__close(pc);
 		return;
 	}
+	pc->resp_bytes += (uint64_t)hl;
 	pk__response_body(pc, data + used, len - used, used);
 }
 
@@ -744,6 +815,7 @@ static void pk__pump(struct pk__pconn *pc)
 		}
 		pk__consume_in(pc, (size_t)n);
 		pc->pending_body -= (size_t)n;
+		pc->req_bytes += (uint64_t)n;
 	}
 	if (pc->reqbody.done && pc->pending_body == 0) {
 		pc->req_body_done = 1;
@@ -1032,6 +1104,7 @@ static void pk__start_exchange(struct pk__pconn *pc, struct pk_tunnel *t)
 		return;
 	}
 	pc->x = x;
+	pc->tunnel_id = pk_tunnel_id(t);
 	pc->state = PK__P_EXCHANGE;
 	if (pc->tcp_mode) {
 		pk__start_tcp(pc);
@@ -1094,6 +1167,10 @@ static void pk__process_head(struct pk__pconn *pc)
 	pc->req_head_done = 1;
 	pc->requests++;
 	pc->started_ms = pk_worker_now_ms();
+	pc->req_bytes = pc->resp_bytes = 0;
+	pc->tunnel_id = 0;
+	pc->inflight = 1;
+	pk_counters_gauge_add(pc->w->ctr, pc->w->slot, PK_CTR_G_REQUESTS_INFLIGHT, 1);
 	if (pc->w->draining || !pc->req.keep_alive)
 		pc->close_after = 1;
 	/* Known before routing, so an early error answer can keep the connection when the

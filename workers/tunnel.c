@@ -21,7 +21,6 @@
 #define PK__TICK_MS            5000
 #define PK__PING_INTERVAL_MS   30000 /* as Piko */
 #define PK__PING_TIMEOUT_MS    10000
-#define PK__MAX_STREAMS        1024 /* concurrent streams per tunnel */
 
 struct pk__tstream {
 	struct pk_tunnel *t;
@@ -276,7 +275,7 @@ int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops,
 {
 	if (!pk_tunnel_usable(t))
 		return -ECONNREFUSED;
-	if (t->nstreams >= PK__MAX_STREAMS)
+	if (t->nstreams >= (unsigned)t->w->cfg->upstream_max_streams)
 		return -EBUSY;
 	struct pk__tstream *ts = calloc(1, sizeof(*ts));
 	if (ts == NULL)

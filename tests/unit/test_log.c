@@ -74,3 +74,15 @@ Test(log, context_fields_appear_in_every_record)
 	pk_log_set_context(NULL);
 	cr_assert(strstr(buf, ",\"role\":\"worker\",\"slot\":2,\"x\":1}") != NULL, "%s", buf);
 }
+
+Test(log, json_escape_quotes_and_controls)
+{
+	char buf[64];
+	size_t n = pk_json_escape(buf, sizeof(buf), "a\"b\n\x02", 5);
+	cr_assert_str_eq(buf, "\"a\\\"b\\n\\u0002\"");
+	cr_assert_eq(n, strlen(buf));
+	char small[4];
+	n = pk_json_escape(small, sizeof(small), "abcdef", 6);
+	cr_assert_eq(n, 8);
+	cr_assert_eq(strlen(small), 3);
+}
