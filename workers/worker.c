@@ -30,6 +30,10 @@
 #include <unistd.h>
 
 #define PK__LOG "worker"
+/* A draining worker keeps its handoff socket open this long after its tunnels left the
+ * routing table: a handoff sent by a worker that read the table just before is still
+ * served, instead of dying in the queue with the socket. */
+#define PK__DRAIN_LINGER_MS 500
 
 uint64_t pk_worker_now_ms(void)
 {
@@ -159,8 +163,15 @@ void pk_worker_check_drained(struct pk_worker *w)
 {
 	if (!w->draining)
 		return;
+	if (pk_worker_now_ms() - w->drain_started_ms < PK__DRAIN_LINGER_MS)
+		return; /* the linger timer checks again */
 	if (w->proxy_conns == 0 && w->upstream_conns == 0 && w->ntunnels == 0)
 		pk_child_exit(w->child, 0);
+}
+
+static void pk__drain_linger_done(uv_timer_t *t)
+{
+	pk_worker_check_drained(t->data);
 }
 
 static void pk__drain_tunnels(struct pk_worker *w)
@@ -195,6 +206,10 @@ static void pk__worker_drain(struct pk_child *c, int now)
 	if (w->draining)
 		return;
 	w->draining = 1;
+	w->drain_started_ms = pk_worker_now_ms();
+	uv_timer_init(w->loop, &w->drain_timer);
+	w->drain_timer.data = w;
+	uv_timer_start(&w->drain_timer, pk__drain_linger_done, PK__DRAIN_LINGER_MS + 1, 0);
 	if (w->listeners_open) {
 		w->listeners_open = 0;
 		uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);

@@ -40,6 +40,8 @@ struct pk_worker {
 	unsigned proxy_conns;    /* client connections on the proxy port */
 	unsigned upstream_conns; /* upstream connections still in their handshake */
 	int draining;
+	uint64_t drain_started_ms;
+	uv_timer_t drain_timer;
 
 	int handoff_fd; /* our bound DGRAM socket */
 	int sender_fd;  /* unbound DGRAM socket for sending */

@@ -215,3 +215,338 @@ class NotifySocket:
     def close(self):
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Tunnels: agents, services behind them, raw HTTP on sockets. (Used by test_tunnels.py.)
+# ---------------------------------------------------------------------------------------
+import hashlib  # noqa: E402
+import selectors  # noqa: E402
+import sys  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PK_BUILD = os.environ.get("PK_BUILD", os.path.join(ROOT, "build"))
+GO_AGENT = os.environ.get("GO_AGENT", os.path.join(PK_BUILD, "interop", "go-agent"))
+NODE = os.environ.get("NODE", shutil.which("node") or "node")
+WS_CLIENT = os.path.join(HERE, "ws_client.js")
+WS_ECHO_SERVER = os.path.join(HERE, "ws_echo_server.js")
+UPSTREAM_SERVICE = os.path.join(HERE, "upstream_service.py")
+
+
+def _first_line(proc, timeout, what):
+    """Reads the first stdout line of proc (a port number) within timeout."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise TimeoutError_("%s printed no port within %ss" % (what, timeout))
+            data = os.read(proc.stdout.fileno(), 1)  # byte-wise: leave the rest to readers
+            if not data:
+                raise AssertionError("%s exited (%s) before printing its port" % (
+                    what, proc.poll()))
+            buf += data
+    finally:
+        sel.close()
+    return buf.decode().strip()
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class Service:
+    """A helper server printing its port on the first stdout line: upstream_service.py
+    (HTTP, answers with X-Upstream-Id) or ws_echo_server.js (WebSocket echo)."""
+
+    def __init__(self, argv, what, timeout=15.0):
+        self.what = what
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            self.port = int(_first_line(self.proc, timeout, what))
+        except BaseException:
+            _kill(self.proc)
+            raise
+        self.addr = ("127.0.0.1", self.port)
+        self.forward = "127.0.0.1:%d" % self.port
+        # Later stdout lines (ws_echo_server: one JSON line per connection) are kept so a
+        # full pipe never blocks the server.
+        self.lines = []
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    @classmethod
+    def http(cls, upstream_id="upstream"):
+        return cls([sys.executable, UPSTREAM_SERVICE, upstream_id],
+                   "upstream_service %s" % upstream_id)
+
+    @classmethod
+    def ws_echo(cls):
+        return cls([NODE, WS_ECHO_SERVER], "ws_echo_server")
+
+    def stop(self):
+        _kill(self.proc)
+        self.drain.join(5)
+
+
+class TcpEcho:
+    """A threaded TCP echo server on 127.0.0.1:0: echoes bytes until EOF, then half-closes."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.addr = self.sock.getsockname()
+        self.forward = "127.0.0.1:%d" % self.addr[1]
+        self.connections = 0
+        self.closing = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.closing:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c):
+        c.settimeout(60)
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    c.shutdown(socket.SHUT_WR)
+                    return
+                c.sendall(data)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Agent:
+    """The independent Go agent (hashicorp/yamux + gorilla/websocket) for one endpoint.
+
+    Contract: `go-agent --url URL --endpoint ID --forward HOST:PORT [--token T]` prints
+    `registered` on stdout after every successful upgrade, reconnects with backoff, and on
+    a 401 prints the server's JSON body and exits 2. Every yamux stream is spliced to a new
+    TCP connection to --forward."""
+
+    def __init__(self, upstream_addr, endpoint, forward, token=None):
+        if not os.access(GO_AGENT, os.X_OK):
+            raise AssertionError("go-agent is not built at %s (tests/interop/interop.mk)"
+                                 % GO_AGENT)
+        argv = [GO_AGENT, "--url", "http://%s:%d" % tuple(upstream_addr[:2]),
+                "--endpoint", endpoint, "--forward", forward]
+        if token is not None:
+            argv += ["--token", token]
+        self.endpoint = endpoint
+        self.lines = []
+        self.err_lines = []
+        self.registered = 0
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=ENV)
+        self.readers = [threading.Thread(target=self._read, args=(self.proc.stdout, False),
+                                         daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, True),
+                                         daemon=True)]
+        for t in self.readers:
+            t.start()
+
+    def _read(self, stream, is_err):
+        for line in stream:
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            with self.cond:
+                if is_err:
+                    self.err_lines.append(text)
+                else:
+                    self.lines.append(text)
+                    if text.strip() == "registered":
+                        self.registered += 1
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def _tail(self):
+        return "stdout:\n%s\nstderr:\n%s" % ("\n".join(self.lines[-15:]),
+                                             "\n".join(self.err_lines[-15:]))
+
+    def wait_registered(self, count=1, timeout=15.0):
+        """Waits until `registered` has been printed `count` times in all."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.registered < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError_("agent %s: %d of %d registrations within %ss\n%s" % (
+                        self.endpoint, self.registered, count, timeout, self._tail()))
+                if self.proc.poll() is not None and not any(t.is_alive()
+                                                            for t in self.readers):
+                    raise AssertionError("agent %s exited (%s) before registering\n%s" % (
+                        self.endpoint, self.proc.returncode, self._tail()))
+                self.cond.wait(min(left, 0.5))
+        return self
+
+    def wait_exit(self, timeout=15.0):
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError_("agent %s still running after %ss\n%s" % (
+                self.endpoint, timeout, self._tail()))
+        for t in self.readers:
+            t.join(5)
+        return code
+
+    def json_lines(self):
+        """Objects parsed from stdout lines holding JSON (the 401 body on a fatal exit)."""
+        out = []
+        with self.cond:
+            lines = list(self.lines)
+        for text in lines:
+            i = text.find("{")
+            if i < 0:
+                continue
+            try:
+                obj = json.loads(text[i:])
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
+            except ProcessLookupError:
+                pass
+        _kill(self.proc)
+        for t in self.readers:
+            t.join(5)
+
+
+def run_ws_client(url, args, timeout=60.0):
+    """Runs ws_client.js to completion; returns (exit code, [JSON objects printed])."""
+    p = subprocess.run([NODE, WS_CLIENT, url, "--timeout", str(int(timeout * 1000) - 2000)] +
+                       list(args), stdin=subprocess.DEVNULL, capture_output=True, env=ENV,
+                       timeout=timeout)
+    objs = []
+    for line in p.stdout.decode("utf-8", "replace").splitlines():
+        try:
+            objs.append(json.loads(line))
+        except ValueError:
+            objs.append({"event": "raw", "text": line})
+    if p.stderr:
+        objs.append({"event": "stderr", "text": p.stderr.decode("utf-8", "replace")[-2000:]})
+    return p.returncode, objs
+
+
+class RawResponse:
+    def __init__(self, status, reason, headers, body):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # list of (name, value) in order
+        self.body = body
+
+    def header(self, name):
+        name = name.lower()
+        vals = [v for k, v in self.headers if k.lower() == name]
+        return ", ".join(vals) if vals else None
+
+
+def read_response(f, method="GET", max_body=1 << 28):
+    """Reads one HTTP/1.1 response from a buffered binary file (sock.makefile("rb")).
+    Handles Content-Length, chunked, and close-delimited bodies. Returns a RawResponse,
+    or None when the connection ends before a status line."""
+    line = f.readline(65537)
+    if not line:
+        return None
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        raise AssertionError("bad status line %r" % line)
+    status = int(parts[1])
+    reason = parts[2] if len(parts) > 2 else ""
+    headers = []
+    for _ in range(1000):
+        h = f.readline(65537)
+        if h in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        headers.append((k.strip(), v.strip()))
+    resp = RawResponse(status, reason, headers, b"")
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return resp
+    te = (resp.header("transfer-encoding") or "").lower()
+    cl = resp.header("content-length")
+    if "chunked" in te:
+        body = bytearray()
+        while True:
+            size = int(f.readline(1024).split(b";")[0].strip(), 16)
+            if size == 0:
+                while f.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            body += f.read(size)
+            f.readline(3)
+            if len(body) > max_body:
+                raise AssertionError("response body over %d bytes" % max_body)
+        resp.body = bytes(body)
+    elif cl is not None:
+        resp.body = f.read(int(cl))
+    else:
+        resp.body = f.read(max_body)
+    return resp
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_records(pikod, pred, timeout=15.0, what="log records"):
+    """Waits until pred(list of all records so far) is true; returns its value."""
+    deadline = time.monotonic() + timeout
+    with pikod.cond:
+        while True:
+            v = pred(pikod.records)
+            if v:
+                return v
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError_("timed out waiting for %s; last lines:\n%s" % (
+                    what, "\n".join(pikod.raw_lines[-30:])))
+            if pikod.proc.poll() is not None and not pikod.reader.is_alive():
+                raise AssertionError("pikod exited while waiting for %s" % what)
+            pikod.cond.wait(min(left, 0.5))

@@ -1,0 +1,638 @@
+"""Tunnels end to end: a real agent (go-agent: hashicorp/yamux + gorilla/websocket) registers
+on the upstream port, real services sit behind it, real clients talk to the proxy port.
+
+Every test starts its own pikod, services and agents and stops them with addCleanup. Waits
+are for events (a log record, a printed line, an answer) with deadlines."""
+import collections
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from harness import (Pikod, Service, TcpEcho, Agent, run_ws_client, read_response,
+                     wait_records, TimeoutError_)
+from upstream_service import pattern, pattern_chunks
+
+try:
+    import jwt  # Debian's python3-jwt
+except ImportError:  # pragma: no cover - reported by the tests that need it
+    jwt = None
+
+KIB = 1024
+MIB = 1024 * 1024
+REGISTER_TIMEOUT = 10.0
+
+
+def token(secret, endpoints=None, exp_in=600):
+    """An HS256 JWT; `endpoints` fills the piko.endpoints claim; exp_in < 0 is expired."""
+    if jwt is None:
+        raise AssertionError("python3-jwt is not importable (run with /usr/bin/python3)")
+    claims = {"sub": "integration-test", "iat": int(time.time()) - 5,
+              "exp": int(time.time()) + exp_in}
+    if endpoints is not None:
+        claims["piko"] = {"endpoints": list(endpoints)}
+    t = jwt.encode(claims, secret, algorithm="HS256")
+    return t.decode() if isinstance(t, bytes) else t
+
+
+def request(addr, method, path, endpoint=None, host=None, headers=None, body=None,
+            timeout=30.0, encode_chunked=False):
+    """One request on a fresh connection to addr; returns (status, headers, body).
+    Host is `<endpoint>.example.com` unless host is given."""
+    h = {}
+    if host is not None:
+        h["Host"] = host
+    elif endpoint is not None:
+        h["Host"] = "%s.example.com" % endpoint
+    h.update(headers or {})
+    c = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=h, encode_chunked=encode_chunked)
+        r = c.getresponse()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def echo_headers(doc, name):
+    """Values of header `name` (any case) as the upstream saw them, in order."""
+    return [v for k, v in doc["headers"] if k.lower() == name.lower()]
+
+
+def sha_of_pattern(n):
+    h = hashlib.sha256()
+    for piece in pattern_chunks(n):
+        h.update(piece)
+    return h.hexdigest()
+
+
+class Load:
+    """`threads` threads sending one request per fresh connection through a tunnel until
+    stopped (bounded by count and time); every answer that is not 200 from the expected
+    upstream is an error."""
+
+    def __init__(self, addr, endpoint, upstream_id, threads=8, max_requests=20000,
+                 max_seconds=90):
+        self.addr = addr
+        self.endpoint = endpoint
+        self.upstream_id = upstream_id
+        self.ok = 0
+        self.errors = []
+        self.cond = threading.Condition()
+        self.stop_flag = threading.Event()
+        self.max_requests = max_requests
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        while (not self.stop_flag.is_set() and self.ok + len(self.errors) < self.max_requests
+               and time.monotonic() < self.deadline):
+            try:
+                status, headers, body = request(self.addr, "GET", "/status?code=200",
+                                                endpoint=self.endpoint, timeout=20)
+                good = status == 200 and headers.get("x-upstream-id") == self.upstream_id
+                err = None if good else "unexpected answer %s %r" % (status, body[:200])
+            except (OSError, http.client.HTTPException) as e:
+                err = repr(e)
+            with self.cond:
+                if err is None:
+                    self.ok += 1
+                else:
+                    self.errors.append(err)
+                self.cond.notify_all()
+
+    def wait_progress(self, n, timeout=15.0):
+        """Waits until n more requests have succeeded than now."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            target = self.ok + n
+            while self.ok < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError_("load made no progress: ok=%d errors=%r" % (
+                        self.ok, self.errors[:5]))
+                self.cond.wait(min(left, 0.5))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(30)
+
+
+class TunnelTest(unittest.TestCase):
+    # ---- fixtures ----
+    def pikod(self, *args, workers=2):
+        d = Pikod(["--workers", str(workers)] + list(args))
+        self.addCleanup(d.stop)
+        return d.wait_ready()
+
+    def service(self, upstream_id):
+        s = Service.http(upstream_id)
+        self.addCleanup(s.stop)
+        return s
+
+    def agent(self, d, endpoint, forward, tok=None):
+        a = Agent(d.addrs["upstream"], endpoint, forward, tok)
+        self.addCleanup(a.stop)
+        return a
+
+    def tunnel(self, d, endpoint, forward, tok=None):
+        """Starts an agent and waits until it printed `registered` and pikod logged the
+        registration (the route exists). Returns (agent, "upstream registered" record)."""
+        mark = d.mark()
+        a = self.agent(d, endpoint, forward, tok)
+        a.wait_registered(1, REGISTER_TIMEOUT)
+        _, rec = d.wait_msg("upstream registered", 10, start=mark, subsystem="upstream",
+                            endpoint=endpoint)
+        return a, rec
+
+    def assertJsonError(self, answer, status, message):
+        code, headers, body = answer
+        self.assertEqual(code, status, body[:300])
+        self.assertEqual(headers.get("content-type"), "application/json")
+        self.assertEqual(json.loads(body), {"error": message})
+
+    def get_echo(self, d, endpoint, path="/echo", **kw):
+        status, headers, body = request(d.addrs["proxy"], "GET", path, endpoint=endpoint, **kw)
+        self.assertEqual(status, 200, body[:300])
+        return json.loads(body)
+
+    # ---- 1. bodies ----
+    def test_http_request_bodies_get_post_put(self):
+        d = self.pikod()
+        svc = self.service("bodies")
+        self.tunnel(d, "bodies", svc.forward)
+        for method in ("GET", "POST", "PUT"):
+            for size in (0, 4 * KIB, MIB):
+                data = pattern(size)
+                status, headers, body = request(d.addrs["proxy"], method, "/echo/up",
+                                                endpoint="bodies", body=data)
+                self.assertEqual(status, 200, (method, size, body[:300]))
+                doc = json.loads(body)
+                self.assertEqual((doc["method"], doc["body_length"], doc["body_sha256"]),
+                                 (method, size, hashlib.sha256(data).hexdigest()))
+        # 64 MiB streamed from a generator (never held in memory whole).
+        n = 64 * MIB
+        status, headers, body = request(d.addrs["proxy"], "POST", "/echo/big", endpoint="bodies",
+                                        body=pattern_chunks(n),
+                                        headers={"Content-Length": str(n)}, timeout=120)
+        self.assertEqual(status, 200, body[:300])
+        doc = json.loads(body)
+        self.assertEqual((doc["body_length"], doc["body_sha256"]), (n, sha_of_pattern(n)))
+
+    def test_http_response_bodies(self):
+        d = self.pikod()
+        svc = self.service("bodies")
+        self.tunnel(d, "bodies", svc.forward)
+        for size in (0, 4 * KIB, MIB, 64 * MIB):
+            c = http.client.HTTPConnection(*d.addrs["proxy"], timeout=120)
+            self.addCleanup(c.close)
+            c.request("GET", "/bytes?n=%d" % size, headers={"Host": "bodies.example.com"})
+            r = c.getresponse()
+            self.assertEqual(r.status, 200, size)
+            self.assertEqual(r.getheader("X-Upstream-Id"), "bodies")
+            got = 0
+            while True:
+                piece = r.read(256 * KIB)
+                if not piece:
+                    break
+                self.assertEqual(piece, pattern(len(piece), got), "bytes at %d of %d differ" % (
+                    got, size))
+                got += len(piece)
+            self.assertEqual(got, size)
+            c.close()
+
+    # ---- 2. chunked ----
+    def test_chunked_request_and_response_bodies(self):
+        d = self.pikod()
+        svc = self.service("chunks")
+        self.tunnel(d, "chunks", svc.forward)
+        sizes = [1, 100, 4093, 65536, 300000, 7]
+
+        def pieces():
+            off = 0
+            for s in sizes:
+                yield pattern(s, off)
+                off += s
+
+        total = sum(sizes)
+        status, headers, body = request(d.addrs["proxy"], "POST", "/echo/chunked",
+                                        endpoint="chunks", body=pieces(),
+                                        headers={"Transfer-Encoding": "chunked"},
+                                        encode_chunked=True)
+        self.assertEqual(status, 200, body[:300])
+        doc = json.loads(body)
+        self.assertEqual((doc["body_length"], doc["body_sha256"]),
+                         (total, hashlib.sha256(pattern(total)).hexdigest()))
+        n = 1000003
+        status, headers, body = request(d.addrs["proxy"], "GET", "/chunked?n=%d&chunk=4093" % n,
+                                        endpoint="chunks")
+        self.assertEqual(status, 200)
+        self.assertEqual(len(body), n)
+        self.assertEqual(body, pattern(n))
+
+    # ---- 3. what the upstream sees ----
+    def test_path_query_host_and_forwarding_headers(self):
+        d = self.pikod()
+        svc = self.service("hdrs")
+        self.tunnel(d, "hdrs", svc.forward)
+        target = "/echo/a%2Fb%20c/%7Euser/%E2%9C%93?q=a%20b&x=%2F&y=1+2&empty=&flag&z=%3D%26"
+        status, headers, body = request(d.addrs["proxy"], "GET", target,
+                                        host="hdrs.example.com:8443",
+                                        headers={"X-Forwarded-For": "10.1.2.3",
+                                                 "Connection": "keep-alive, X-Hop",
+                                                 "X-Hop": "secret",
+                                                 "Keep-Alive": "timeout=5",
+                                                 "Proxy-Authorization": "Basic dXNlcjpwYXNz",
+                                                 "X-Custom": "kept as is"})
+        self.assertEqual(status, 200, body[:300])
+        doc = json.loads(body)
+        self.assertEqual(doc["raw_target"], target)
+        self.assertEqual(echo_headers(doc, "Host"), ["hdrs.example.com:8443"])
+        xff = [v.strip() for line in echo_headers(doc, "X-Forwarded-For")
+               for v in line.split(",")]
+        self.assertEqual(xff, ["10.1.2.3", "127.0.0.1"])
+        self.assertEqual([v.lower() for v in echo_headers(doc, "X-Piko-Forward")], ["true"])
+        self.assertEqual(echo_headers(doc, "X-Custom"), ["kept as is"])
+        for hop in ("X-Hop", "Keep-Alive", "Proxy-Authorization"):
+            self.assertEqual(echo_headers(doc, hop), [], hop)
+        for conn in echo_headers(doc, "Connection"):
+            self.assertNotIn("x-hop", conn.lower())
+            self.assertNotIn("keep-alive", conn.lower())
+
+    # ---- 4. routing ----
+    def test_routing_by_header_and_host_keeps_endpoints_apart(self):
+        d = self.pikod()
+        alpha, beta = self.service("svc-alpha"), self.service("svc-beta")
+        self.tunnel(d, "alpha", alpha.forward)
+        self.tunnel(d, "beta", beta.forward)
+        cases = [
+            ({"Host": "localhost", "x-piko-endpoint": "alpha"}, "svc-alpha"),
+            ({"Host": "localhost", "x-piko-endpoint": "beta"}, "svc-beta"),
+            ({"Host": "alpha.example.com"}, "svc-alpha"),
+            ({"Host": "beta.example.com"}, "svc-beta"),
+            ({"Host": "alpha.example.com:8000"}, "svc-alpha"),
+            ({"Host": "alpha.example.com", "x-piko-endpoint": "beta"}, "svc-beta"),
+            ({"Host": "beta.example.com", "x-piko-endpoint": "alpha"}, "svc-alpha"),
+        ]
+        for _ in range(5):
+            for hdrs, want in cases:
+                status, headers, body = request(d.addrs["proxy"], "GET", "/echo/route",
+                                                headers=hdrs)
+                self.assertEqual(status, 200, (hdrs, body[:300]))
+                self.assertEqual(headers.get("x-upstream-id"), want, hdrs)
+                self.assertEqual(json.loads(body)["id"], want, hdrs)
+
+    # ---- 5. load balancing ----
+    def test_two_agents_on_one_endpoint_share_requests(self):
+        d = self.pikod()
+        s1, s2 = self.service("one"), self.service("two")
+        self.tunnel(d, "shared", s1.forward)
+        self.tunnel(d, "shared", s2.forward)
+        counts = collections.Counter()
+        for _ in range(200):
+            status, headers, body = request(d.addrs["proxy"], "GET", "/status?code=200",
+                                            endpoint="shared")
+            self.assertEqual(status, 200, body[:300])
+            counts[headers.get("x-upstream-id")] += 1
+        self.assertEqual(set(counts), {"one", "two"}, counts)
+        self.assertGreaterEqual(counts["one"], 20, counts)
+        self.assertGreaterEqual(counts["two"], 20, counts)
+
+    # ---- 6. / 7. no upstream ----
+    def test_agent_disconnect_logs_and_then_502(self):
+        d = self.pikod()
+        svc = self.service("gone")
+        agent, rec = self.tunnel(d, "gone", svc.forward)
+        self.assertEqual(self.get_echo(d, "gone")["id"], "gone")
+        mark = d.mark()
+        agent.proc.kill()
+        agent.wait_exit(10)
+        _, disc = d.wait_msg("upstream disconnected", 10, start=mark, subsystem="upstream",
+                             endpoint="gone")
+        self.assertEqual(disc["tunnel_id"], rec["tunnel_id"])
+        for _ in range(3):
+            self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", endpoint="gone"),
+                                 502, "no available upstreams")
+
+    def test_no_agent_is_502_and_no_endpoint_is_400(self):
+        d = self.pikod()
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", endpoint="nobody"),
+                             502, "no available upstreams")
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", host="localhost"),
+                             400, "missing endpoint id")
+
+    # ---- 8. timeout ----
+    def test_slow_upstream_is_504_after_proxy_timeout(self):
+        d = self.pikod("--proxy.timeout", "1s")
+        svc = self.service("slow")
+        self.tunnel(d, "slow", svc.forward)
+        started = time.monotonic()
+        answer = request(d.addrs["proxy"], "GET", "/slow?ms=3000", endpoint="slow")
+        took = time.monotonic() - started
+        self.assertJsonError(answer, 504, "upstream timeout")
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 2.9)
+
+    # ---- 9. WebSocket through an HTTP endpoint ----
+    def test_websocket_echo_through_http_endpoint(self):
+        d = self.pikod()
+        echo = Service.ws_echo()
+        self.addCleanup(echo.stop)
+        self.tunnel(d, "wsecho", echo.forward)
+        url = "ws://%s:%d/chat/room?x=1" % d.addrs["proxy"]
+        code, out = run_ws_client(url, ["--header", "Host:wsecho.example.com",
+                                        "--msg", "lit:hello", "--msg", "lit:h\u00e9llo \u2713",
+                                        "--msg", "bin:10", "--msg", "text:70000",
+                                        "--msg", "bin:0", "--msg", "bin:%d" % MIB,
+                                        "--msg", "text:1"], timeout=60)
+        self.assertEqual(code, 0, out)
+        oks = [o for o in out if o.get("event") == "ok"]
+        self.assertEqual([o["length"] for o in oks], [5, 10, 10, 70000, 0, MIB, 1], out)
+        self.assertEqual(out[-1].get("event"), "done", out)
+
+    # ---- 10. TCP endpoints ----
+    def test_tcp_endpoint_bytes_echoed_over_websocket(self):
+        d = self.pikod()
+        echo = TcpEcho()
+        self.addCleanup(echo.stop)
+        self.tunnel(d, "tcpecho", echo.forward)
+        url = "ws://%s:%d/_piko/v1/tcp/tcpecho" % d.addrs["proxy"]
+        code, out = run_ws_client(url, ["--stream", "1:1", "--stream", "5000:1000",
+                                        "--stream", "%d:65536" % (400 * KIB),
+                                        "--stream", "%d:%d" % (300 * KIB, 300 * KIB)],
+                                  timeout=60)
+        self.assertEqual(code, 0, out)
+        oks = [o for o in out if o.get("event") == "ok"]
+        self.assertEqual([o["length"] for o in oks], [1, 5000, 400 * KIB, 300 * KIB], out)
+        self.assertEqual(echo.connections, 1)
+
+    def test_tcp_endpoint_without_upstream_is_502_before_upgrade(self):
+        d = self.pikod()
+        s = socket.create_connection(d.addrs["proxy"], timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /_piko/v1/tcp/nobody HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        r = read_response(s.makefile("rb"))
+        self.assertIsNotNone(r, "connection closed without an answer")
+        self.assertEqual(r.status, 502, r.body)
+        self.assertEqual(r.header("content-type"), "application/json")
+        self.assertEqual(json.loads(r.body), {"error": "no available upstreams"})
+
+    # ---- 11. keep-alive and pipelining ----
+    def test_keepalive_100_requests_on_one_connection(self):
+        d = self.pikod()
+        svc = self.service("ka")
+        self.tunnel(d, "ka", svc.forward)
+        c = http.client.HTTPConnection(*d.addrs["proxy"], timeout=30)
+        self.addCleanup(c.close)
+        c.connect()
+        sock = c.sock
+        local = sock.getsockname()
+        for i in range(100):
+            c.request("GET", "/echo/ka/%d" % i, headers={"Host": "ka.example.com"})
+            r = c.getresponse()
+            body = r.read()
+            self.assertEqual(r.status, 200, (i, body[:300]))
+            self.assertEqual(json.loads(body)["path"], "/echo/ka/%d" % i)
+            # http.client drops the socket after a "Connection: close" answer.
+            self.assertIs(c.sock, sock, "connection closed after request %d" % i)
+        self.assertEqual(c.sock.getsockname(), local)
+
+    def test_pipelined_requests_answered_in_order(self):
+        d = self.pikod()
+        svc = self.service("pipe")
+        self.tunnel(d, "pipe", svc.forward)
+        s = socket.create_connection(d.addrs["proxy"], timeout=30)
+        self.addCleanup(s.close)
+        s.sendall(b"".join(b"GET /echo/p%d HTTP/1.1\r\nHost: pipe.example.com\r\n\r\n" % i
+                           for i in (1, 2, 3)))
+        f = s.makefile("rb")
+        for i in (1, 2, 3):
+            r = read_response(f)
+            self.assertIsNotNone(r, "connection closed before response %d" % i)
+            self.assertEqual(r.status, 200, r.body[:300])
+            self.assertEqual(json.loads(r.body)["path"], "/echo/p%d" % i)
+
+    # ---- 12. handoff between workers ----
+    def test_handoff_to_the_worker_holding_the_tunnel(self):
+        d = self.pikod("--log.subsystems", "handoff", workers=4)
+        svc = self.service("handoff")
+        self.tunnel(d, "handoff", svc.forward)
+        mark = d.mark()
+        for i in range(200):
+            status, headers, body = request(d.addrs["proxy"], "GET", "/status?code=200",
+                                            endpoint="handoff")
+            self.assertEqual(status, 200, (i, body[:300]))
+            self.assertEqual(headers.get("x-upstream-id"), "handoff")
+
+        def matched(records):
+            """Every "handed off" (to_slot, tunnel_id) has an "adopted" on that slot (for
+            that tunnel, when the adopted records name it)."""
+            recs = records[mark:]
+            handed = [r for r in recs
+                      if r.get("msg") == "handed off" and r.get("subsystem") == "handoff"]
+            adopted = [r for r in recs
+                       if r.get("msg") == "adopted" and r.get("subsystem") == "handoff"]
+            if not handed:
+                return None
+            if all("tunnel_id" in r for r in adopted):
+                want = collections.Counter((r.get("to_slot"), r.get("tunnel_id")) for r in handed)
+                have = collections.Counter((r.get("slot"), r.get("tunnel_id")) for r in adopted)
+            else:
+                want = collections.Counter(r.get("to_slot") for r in handed)
+                have = collections.Counter(r.get("slot") for r in adopted)
+            return all(have[k] >= n for k, n in want.items()) and (want, have)
+
+        handed, adopted = wait_records(d, matched, 10, "a 'handed off' matched by 'adopted'")
+        self.assertGreater(sum(handed.values()), 0)
+        self.assertLessEqual(sum(handed.values()), 200)
+
+    # ---- 13. worker crash ----
+    def test_worker_kill_purges_routes_and_agent_comes_back(self):
+        d = self.pikod(workers=2)
+        sa, sb = self.service("svc-a"), self.service("svc-b")
+        agent_a, rec_a = self.tunnel(d, "crash-a", sa.forward)
+        rec_b = None
+        for _ in range(12):  # bounded: the kernel picks the accepting worker
+            mark = d.mark()
+            agent_b, rec = self.tunnel(d, "crash-b", sb.forward)
+            if rec["slot"] != rec_a["slot"]:
+                rec_b = rec
+                break
+            agent_b.stop()
+            d.wait_msg("upstream disconnected", 10, start=mark, endpoint="crash-b",
+                       tunnel_id=rec["tunnel_id"])
+        self.assertIsNotNone(rec_b, "no agent for crash-b registered on another worker than "
+                             "crash-a's (slot %s) in 12 attempts" % rec_a["slot"])
+        proxy = d.addrs["proxy"]
+
+        def b_works():
+            status, headers, body = request(proxy, "GET", "/status?code=200",
+                                            endpoint="crash-b")
+            self.assertEqual((status, headers.get("x-upstream-id")), (200, "svc-b"), body)
+
+        self.assertEqual(self.get_echo(d, "crash-a")["id"], "svc-a")
+        b_works()
+        # Hold A's agent still so the window without an upstream is observable.
+        agent_a.signal(signal.SIGSTOP)
+        mark = d.mark()
+        os.kill(rec_a["pid"], signal.SIGKILL)
+        _, purged = d.wait_msg("routes purged", 10, start=mark, slot=rec_a["slot"])
+        self.assertGreaterEqual(purged["count"], 1)
+        for _ in range(3):
+            self.assertJsonError(request(proxy, "GET", "/echo", endpoint="crash-a"),
+                                 502, "no available upstreams")
+            b_works()
+        agent_a.signal(signal.SIGCONT)
+        agent_a.wait_registered(2, REGISTER_TIMEOUT)
+        d.wait_msg("upstream registered", 10, start=mark, endpoint="crash-a")
+        for _ in range(3):
+            self.assertEqual(self.get_echo(d, "crash-a")["id"], "svc-a")
+            b_works()
+
+    # ---- 14. reload under load ----
+    def test_sighup_under_tunnel_load_loses_nothing(self):
+        d = self.pikod("--proxy.upstream-wait", "10s", workers=2)
+        svc = self.service("reload")
+        _, first = self.tunnel(d, "reload", svc.forward)
+        self.assertEqual(first["generation"], 1)
+        with Load(d.addrs["proxy"], "reload", "reload") as load:
+            load.wait_progress(50)
+            for gen in (2, 3):
+                mark = d.mark()
+                d.signal(signal.SIGHUP)
+                d.wait_msg("reload complete", 30, start=mark, generation=gen)
+                load.wait_progress(50)
+            d.wait_msg("upstream registered", 30, start=mark, endpoint="reload", generation=3)
+            load.wait_progress(50)
+        self.assertEqual(load.errors, [])
+        self.assertGreaterEqual(load.ok, 200)
+
+    # ---- 15. upstream auth ----
+    UPSTREAM_SECRET = "upstream-secret-0123456789"
+
+    def upstream_auth_pikod(self):
+        return self.pikod("--upstream.auth.hmac-secret-key", self.UPSTREAM_SECRET)
+
+    def assertAgentRejected(self, agent, message):
+        self.assertEqual(agent.wait_exit(15), 2, agent._tail())
+        errors = [o.get("error") for o in agent.json_lines() if "error" in o]
+        self.assertEqual(errors, [message], agent._tail())
+        self.assertEqual(agent.registered, 0)
+
+    def test_upstream_auth_agent_without_token_exits_2(self):
+        d = self.upstream_auth_pikod()
+        svc = self.service("auth")
+        self.assertAgentRejected(self.agent(d, "auth", svc.forward), "missing authorization")
+
+    def test_upstream_auth_valid_token_registers(self):
+        d = self.upstream_auth_pikod()
+        svc = self.service("auth")
+        self.tunnel(d, "auth", svc.forward, token(self.UPSTREAM_SECRET, ["auth"]))
+        self.assertEqual(self.get_echo(d, "auth")["id"], "auth")
+
+    def test_upstream_auth_token_for_other_endpoint_is_401(self):
+        d = self.upstream_auth_pikod()
+        svc = self.service("auth")
+        tok = token(self.UPSTREAM_SECRET, ["other"])
+        self.assertAgentRejected(self.agent(d, "auth", svc.forward, tok),
+                                 "endpoint not permitted")
+
+    def test_upstream_auth_expired_token_is_401(self):
+        d = self.upstream_auth_pikod()
+        svc = self.service("auth")
+        tok = token(self.UPSTREAM_SECRET, ["auth"], exp_in=-60)
+        self.assertAgentRejected(self.agent(d, "auth", svc.forward, tok), "expired token")
+
+    # ---- 16. proxy auth ----
+    PROXY_SECRET = "proxy-secret-0123456789"
+
+    def test_proxy_auth_missing_authorization_is_401(self):
+        d = self.pikod("--proxy.auth.hmac-secret-key", self.PROXY_SECRET)
+        svc = self.service("a")
+        self.tunnel(d, "a", svc.forward)
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", endpoint="a"),
+                             401, "missing authorization")
+
+    def test_proxy_auth_token_limited_to_endpoint(self):
+        d = self.pikod("--proxy.auth.hmac-secret-key", self.PROXY_SECRET)
+        sa, sb = self.service("a"), self.service("b")
+        self.tunnel(d, "a", sa.forward)
+        self.tunnel(d, "b", sb.forward)
+        auth = {"Authorization": "Bearer " + token(self.PROXY_SECRET, ["a"])}
+        status, headers, body = request(d.addrs["proxy"], "GET", "/echo", endpoint="a",
+                                        headers=auth)
+        self.assertEqual(status, 200, body[:300])
+        self.assertEqual(headers.get("x-upstream-id"), "a")
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", endpoint="b",
+                                     headers=auth), 401, "endpoint not permitted")
+
+    # ---- 17. limits ----
+    def test_streams_per_upstream_cap_is_503(self):
+        # The service behind the agent holds the first request (the agent opens one TCP
+        # connection per stream), so exactly one stream is in flight when the second
+        # request arrives.
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen(8)
+        self.addCleanup(held.close)
+        d = self.pikod("--upstream.max-streams", "1", workers=1)
+        self.tunnel(d, "cap", "127.0.0.1:%d" % held.getsockname()[1])
+        results = []
+        first = threading.Thread(target=lambda: results.append(
+            request(d.addrs["proxy"], "GET", "/first", endpoint="cap", timeout=30)))
+        first.start()
+        held.settimeout(20)
+        conn, _ = held.accept()  # the first request reached the service: in flight
+        self.addCleanup(conn.close)
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/second", endpoint="cap"), 503,
+                             "too many requests in flight for this upstream")
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        conn.close()
+        first.join(30)
+        self.assertEqual(results[0][0], 200)
+        self.assertEqual(results[0][2], b"ok")
+
+    def test_header_over_max_header_bytes_is_431(self):
+        d = self.pikod("--proxy.http.max-header-bytes", "2048")
+        s = socket.create_connection(d.addrs["proxy"], timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: big.example.com\r\nX-Big: " + b"a" * 4096 +
+                  b"\r\n\r\n")
+        r = read_response(s.makefile("rb"))
+        self.assertIsNotNone(r, "connection closed without an answer")
+        self.assertEqual(r.status, 431)
+
+    def test_half_sent_head_times_out_with_408_or_close(self):
+        d = self.pikod("--proxy.http.read-header-timeout", "1s")
+        s = socket.create_connection(d.addrs["proxy"], timeout=10)
+        self.addCleanup(s.close)
+        started = time.monotonic()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: slow.example.com\r\n")
+        try:
+            r = read_response(s.makefile("rb"))
+        except ConnectionResetError:
+            r = None  # closed: allowed as well as a 408
+        took = time.monotonic() - started
+        if r is not None:
+            self.assertEqual(r.status, 408)
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 5.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
