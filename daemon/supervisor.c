@@ -614,12 +614,12 @@ static void pk__cap_draining(struct pk__sup *s)
 	}
 }
 
-static void pk__reply_reload(struct pk__sup *s, int ok, const char *error)
+static void pk__reply_reload(struct pk__sup *s, int ok, uint32_t generation, const char *error)
 {
 	if (s->reload_requester < 0)
 		return;
 	struct pk__proc *p = &s->procs[s->reload_requester];
-	struct pk_msg_reload_result r = {.ok = (uint32_t)ok, .generation = s->cur.id};
+	struct pk_msg_reload_result r = {.ok = (uint32_t)ok, .generation = generation};
 	snprintf(r.error, sizeof(r.error), "%s", error ? error : "");
 	if (p->state != PK__PROC_FREE && p->state != PK__PROC_DRAINING)
 		pk__send(p, PK_MSG_RELOAD_RESULT, &r, sizeof(r));
@@ -631,6 +631,9 @@ static void pk__reload_commit(struct pk__sup *s)
 	uint32_t old_id = s->cur.id;
 	uv_timer_stop(&s->reload_timer);
 	s->reloading = 0;
+	/* The requester is an admin child of the old generation: answer it before it is
+	 * told to drain. */
+	pk__reply_reload(s, 1, s->next.id, NULL);
 	pk__drain_generation(s, old_id);
 	pk__close_listeners_except(&s->cur, &s->next);
 	pk__gen_free(&s->cur);
@@ -646,7 +649,6 @@ static void pk__reload_commit(struct pk__sup *s)
 	pk_notify_ready(status);
 	pk_log_info(PK__LOG, "reload complete", "generation=%u previous=%u workers=%d", s->cur.id,
 		    old_id, s->cur.nworkers);
-	pk__reply_reload(s, 1, NULL);
 }
 
 static void pk__reload_fail(struct pk__sup *s, const char *why)
@@ -675,7 +677,7 @@ static void pk__reload_fail(struct pk__sup *s, const char *why)
 		     why);
 	snprintf(status, sizeof(status), "reload failed: %s", why);
 	pk_notify_ready(status);
-	pk__reply_reload(s, 0, why);
+	pk__reply_reload(s, 0, s->cur.id, why);
 	pk__publish(s);
 }
 

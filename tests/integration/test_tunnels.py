@@ -212,6 +212,54 @@ class TunnelTest(unittest.TestCase):
             self.assertEqual(got, size)
             c.close()
 
+    def test_stalled_reader_does_not_make_pikod_buffer(self):
+        # A client that stops reading a 64 MiB response: flow control must stop the agent
+        # after a window, so pikod's memory stays flat while the client stalls.
+        d = self.pikod(workers=1)
+        svc = self.service("stall")
+        self.tunnel(d, "stall", svc.forward)
+
+        def pikod_rss_kib():
+            total = 0
+            for pid in [d.proc.pid] + [p for p, _, _ in d.children().values()]:
+                try:
+                    with open("/proc/%d/status" % pid) as f:
+                        total += int(next(l for l in f if l.startswith("VmRSS")).split()[1])
+                except (OSError, StopIteration):
+                    pass
+            return total
+
+        before = pikod_rss_kib()
+        s = socket.create_connection(d.addrs["proxy"])
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
+        s.sendall(b"GET /bytes?n=%d HTTP/1.1\r\nHost: stall.example.com\r\n\r\n" % (64 * MIB))
+        buf = s.recv(64 * KIB)
+        # The stall is the behaviour under test: give the upstream time to push if it could.
+        time.sleep(2)
+        grown = pikod_rss_kib() - before
+        self.assertLess(grown, 16 * 1024, "pikod grew by %d KiB while the client stalled" % grown)
+        # And the response is still intact once the client reads on.
+        s.settimeout(60)
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(64 * KIB)
+        body = buf.split(b"\r\n\r\n", 1)[1]
+        got = len(body)
+        while got < 64 * MIB:
+            piece = s.recv(1024 * KIB)
+            if not piece:
+                break
+            got += len(piece)
+        self.assertGreaterEqual(got, 64 * MIB - 64 * KIB)
+
+    def test_token_expiry_disconnects_the_upstream(self):
+        d = self.pikod("--upstream.auth.hmac-secret-key", self.UPSTREAM_SECRET)
+        svc = self.service("exp")
+        mark = d.mark()
+        self.tunnel(d, "exp", svc.forward, token(self.UPSTREAM_SECRET, ["exp"], exp_in=2))
+        _, rec = d.wait_msg("upstream disconnected", 15, start=mark, endpoint="exp")
+        self.assertEqual(rec["reason"], "token expired")
+
     # ---- 2. chunked ----
     def test_chunked_request_and_response_bodies(self):
         d = self.pikod()
