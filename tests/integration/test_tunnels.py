@@ -260,6 +260,34 @@ class TunnelTest(unittest.TestCase):
         _, rec = d.wait_msg("upstream disconnected", 15, start=mark, endpoint="exp")
         self.assertEqual(rec["reason"], "token expired")
 
+    def test_access_log_is_json_and_keeps_secrets_out(self):
+        d = self.pikod("--proxy.access-log.request-headers", "X-Trace",
+                       "--proxy.access-log.response-headers", "X-Upstream-Id")
+        svc = self.service("logged")
+        self.tunnel(d, "logged", svc.forward)
+        mark = d.mark()
+        code, _, _ = request(d.addrs["proxy"], "GET", "/echo?q=1", endpoint="logged",
+                             headers={"Authorization": "Bearer s3cr3t-token",
+                                      "X-Trace": "trace-42"})
+        self.assertEqual(code, 200)
+        _, rec = d.wait_msg("request", 10, start=mark, subsystem="proxy.access")
+        self.assertEqual(rec["endpoint"], "logged")
+        self.assertEqual(rec["method"], "GET")
+        self.assertEqual(rec["path"], "/echo?q=1")
+        self.assertEqual(rec["status"], 200)
+        self.assertEqual(rec["level"], "info")
+        self.assertEqual(rec["request_headers"], {"X-Trace": "trace-42"})
+        self.assertEqual(rec["response_headers"], {"X-Upstream-Id": "logged"})
+        self.assertGreater(rec["response_bytes"], 0)
+        for line in d.raw_lines:
+            json.loads(line)  # every line on stderr is one JSON object
+            self.assertNotIn("s3cr3t-token", line)
+        # 5xx answers are logged at warn level.
+        mark = d.mark()
+        request(d.addrs["proxy"], "GET", "/", endpoint="nobody")
+        _, rec = d.wait_msg("request", 10, start=mark, subsystem="proxy.access")
+        self.assertEqual((rec["status"], rec["level"]), (502, "warn"))
+
     # ---- 2. chunked ----
     def test_chunked_request_and_response_bodies(self):
         d = self.pikod()
