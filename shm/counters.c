@@ -291,6 +291,30 @@ void pk_counters_gauge_add(struct pk_counters *c, int slot, enum pk_ctr_gauge g,
 
 /* ---- per-worker counters ---- */
 
+const uint64_t pk_ctr_size_bounds[PK_CTR_SIZE_BUCKETS - 1] = {
+	256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+};
+
+static int pk__size_bucket(uint64_t n)
+{
+	int i = 0;
+	while (i < PK_CTR_SIZE_BUCKETS - 1 && n > pk_ctr_size_bounds[i])
+		i++;
+	return i;
+}
+
+void pk_counters_request_sizes(struct pk_counters *c, int worker, uint64_t request_bytes,
+			       uint64_t response_bytes)
+{
+	if (c == NULL || worker < 0 || worker >= PK_MAX_WORKERS)
+		return;
+	struct pk_ctr_worker *w = &c->r->workers[worker];
+	__atomic_fetch_add(&w->req_size[pk__size_bucket(request_bytes)], 1, PK__RELAXED);
+	__atomic_fetch_add(&w->resp_size[pk__size_bucket(response_bytes)], 1, PK__RELAXED);
+	__atomic_fetch_add(&w->req_size_sum, request_bytes, PK__RELAXED);
+	__atomic_fetch_add(&w->resp_size_sum, response_bytes, PK__RELAXED);
+}
+
 int pk_counters_latency_bucket(uint64_t latency_us)
 {
 	int i = 0;

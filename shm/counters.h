@@ -92,6 +92,10 @@ enum pk_ctr_method {
  * bucket (not cumulative); pk_ctr_latency_bounds_us gives the upper bounds. */
 #define PK_CTR_LAT_BUCKETS 12
 
+/* Request and response size histograms (body bytes): upper bounds 256 B, 1 KiB, 4 KiB ...
+ * 64 MiB (powers of 4), plus +Inf; pk_ctr_size_bounds gives them. */
+#define PK_CTR_SIZE_BUCKETS 11
+
 /* Plain per-worker counters. */
 enum pk_ctr_wfield {
 	PK_CTR_W_BYTES_IN = 0, /* request bytes read from clients */
@@ -145,6 +149,9 @@ struct pk_ctr_worker {
 	uint64_t latency[PK_CTR_LAT_BUCKETS];
 	uint64_t latency_sum_us;
 	uint64_t latency_count;
+	uint64_t req_size[PK_CTR_SIZE_BUCKETS];
+	uint64_t resp_size[PK_CTR_SIZE_BUCKETS];
+	uint64_t req_size_sum, resp_size_sum;
 	uint64_t v[PK_CTR_W__COUNT];
 } __attribute__((aligned(PK_CTR_CACHELINE)));
 
@@ -170,6 +177,9 @@ struct pk_counters; /* one process's mapping */
 /* Upper bounds of the first PK_CTR_LAT_BUCKETS - 1 buckets, in microseconds
  * (5000 .. 10000000); the last bucket is +Inf. */
 extern const uint64_t pk_ctr_latency_bounds_us[PK_CTR_LAT_BUCKETS - 1];
+
+/* Upper bounds, in bytes, of the first PK_CTR_SIZE_BUCKETS - 1 size buckets. */
+extern const uint64_t pk_ctr_size_bounds[PK_CTR_SIZE_BUCKETS - 1];
 
 /* Size of the region in bytes (1,085,696 bytes, about 1.04 MiB). */
 size_t pk_counters_size(void);
@@ -243,6 +253,9 @@ void pk_counters_reset_gauges(struct pk_counters *c, int slot);
 void pk_counters_request_done(struct pk_counters *c, int worker, enum pk_ctr_method m, int status,
                               uint64_t latency_us);
 void pk_counters_worker_add(struct pk_counters *c, int worker, enum pk_ctr_wfield f, uint64_t n);
+/* Counts one request's body sizes in the size histograms. */
+void pk_counters_request_sizes(struct pk_counters *c, int worker, uint64_t request_bytes,
+			       uint64_t response_bytes);
 /* Copies worker block w (each field read atomically). 0 or -EINVAL. */
 int pk_counters_read_worker(const struct pk_counters *c, int worker, struct pk_ctr_worker *out);
 /* Maps a method token ("GET", ...; case-sensitive, as HTTP) to its index. */

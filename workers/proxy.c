@@ -324,6 +324,7 @@ static void pk__finish_request(struct pk__pconn *pc)
 	pk_counters_request_done(w->ctr, w->worker_index,
 				 mlen ? pk_counters_method(m, mlen) : PK_CTR_M_OTHER, pc->status,
 				 (now - pc->started_ms) * 1000);
+	pk_counters_request_sizes(w->ctr, w->worker_index, pc->req_bytes, pc->resp_bytes);
 	if (pc->inflight) {
 		pc->inflight = 0;
 		pk_counters_gauge_add(w->ctr, w->slot, PK_CTR_G_REQUESTS_INFLIGHT, -1);
