@@ -491,17 +491,17 @@ static int pk__cmd_upstreams(struct pk__opts *o)
 		rc = pk__print_json(list);
 	} else {
 		struct pk__table t = {.ncols = 7};
-		pk__table_row(&t, "ENDPOINT", "WORKER", "GENERATION", "TUNNEL", "CONNECTED SINCE",
-		              "STREAMS", "DRAINING");
+		pk__table_row(&t, "ENDPOINT", "WORKER", "GENERATION", "TUNNEL", "REMOTE",
+		              "CONNECTED SINCE", "STREAMS");
 		json_array_foreach(list, i, u)
 		{
 			char b[5][32];
 			pk__table_row(
 			    &t, pk__cell(u, "endpoint", b[0], 32), pk__cell(u, "worker", b[1], 32),
 			    pk__cell(u, "generation", b[2], 32), pk__cell(u, "tunnel_id", b[3], 32),
+			    json_string_value(json_object_get(u, "remote")),
 			    json_string_value(json_object_get(u, "connected_since")),
-			    pk__cell(u, "in_flight_streams", b[4], 32),
-			    json_is_true(json_object_get(u, "draining")) ? "yes" : "no");
+			    pk__cell(u, "in_flight_streams", b[4], 32));
 		}
 		pk__table_print(&t);
 	}

@@ -44,9 +44,11 @@ struct pk_route {
 	uint64_t since_ms; /* CLOCK_MONOTONIC ms when registered; markers: when it expires */
 	uint32_t flags;    /* PK_ROUTE_F_* */
 	uint32_t reserved; /* zero */
+	int64_t token_exp; /* the agent token's expiry (unix seconds), 0 = none */
+	char remote[48];   /* the agent's address "ip:port", NUL-terminated */
 };
 
-_Static_assert(sizeof(struct pk_route) == 40, "pk_route is stored as-is: 40 bytes");
+_Static_assert(sizeof(struct pk_route) == 96, "pk_route is stored as-is: 96 bytes");
 
 /* Whether a row is a moving marker rather than a tunnel. */
 static inline int pk_route_is_marker(const struct pk_route *r)

@@ -547,6 +547,8 @@ int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint,
 	t->route.generation = w->generation;
 	t->route.tunnel_id = t->id;
 	t->route.since_ms = pk_worker_now_ms();
+	t->route.token_exp = token_exp;
+	snprintf(t->route.remote, sizeof(t->route.remote), "%.47s", remote);
 	rc = pk_counters_tunnel_alloc(w->ctr, w->slot, &t->route.ctr_slot, &t->route.ctr_tag);
 	if (rc < 0)
 		goto err_session;

@@ -440,14 +440,16 @@ class StatusTest(AdminTest):
         self.assertIn(u["worker"], d.worker_pids())
         self.assertEqual(u["generation"], 1)
         self.assertEqual(u["in_flight_streams"], 0)
+        self.assertRegex(u["remote"], r"^127\.0\.0\.1:\d+$")
+        self.assertIsNone(u["token_expiry"])
         since = datetime.strptime(u["connected_since"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=timezone.utc).timestamp()
         self.assertGreaterEqual(since, before - 2)
         self.assertLessEqual(since, time.time() + 2)
         code, out, err = self.pikoctl(d, "upstreams", "list")
         self.assertEqual(code, 0, err)
-        self.assertEqual(out.splitlines()[1].split()[:4],
-                         ["ep-up", str(u["worker"]), "1", u["tunnel_id"]])
+        self.assertEqual(out.splitlines()[1].split()[:5],
+                         ["ep-up", str(u["worker"]), "1", u["tunnel_id"], u["remote"]])
 
     def test_cluster_nodes_lists_the_local_node(self):
         d = self.start(["--workers", "1", "--cluster.node-id", "node-a"])
