@@ -145,7 +145,8 @@ size_t pk_json_escape(char *dst, size_t size, const char *src, size_t len)
 	return o.len;
 }
 
-static void pk__put_fmt(struct pk__out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void pk__put_fmt(struct pk__out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void pk__put_fmt(struct pk__out *o, const char *fmt, ...)
 {
 	char tmp[64];
@@ -217,7 +218,7 @@ static void pk__put_fields(struct pk__out *o, const char *fmt, va_list ap)
 }
 
 int pk_log_render(char *buf, unsigned long size, enum pk_log_level level, const char *subsystem,
-		  const char *msg, const char *fields_fmt, va_list ap)
+                  const char *msg, const char *fields_fmt, va_list ap)
 {
 	struct pk__out o = {buf, size, 0};
 	struct timespec ts;
@@ -267,7 +268,7 @@ void pk_log_set_context(const char *fields_fmt, ...)
 }
 
 void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
-	     const char *fields_fmt, va_list ap)
+             const char *fields_fmt, va_list ap)
 {
 	char line[PK__LOG_LINE_MAX];
 	int saved = errno;
@@ -283,7 +284,7 @@ void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
 	if ((size_t)n >= sizeof(line) - 1) {
 		/* Over-long record: keep it valid JSON by dropping the fields. */
 		n = pk_log_render(line, sizeof(line) - 1, level, subsystem, "log record truncated",
-				  NULL, ap);
+		                  NULL, ap);
 		if (n < 0 || (size_t)n >= sizeof(line) - 1)
 			goto out;
 	}
@@ -302,7 +303,7 @@ out:
 }
 
 void pk_log(enum pk_log_level level, const char *subsystem, const char *msg, const char *fields_fmt,
-	    ...)
+            ...)
 {
 	va_list ap;
 	va_start(ap, fields_fmt);
@@ -311,7 +312,7 @@ void pk_log(enum pk_log_level level, const char *subsystem, const char *msg, con
 }
 
 void pk_log_raw(enum pk_log_level level, const char *subsystem, const char *msg,
-		const char *json_fields)
+                const char *json_fields)
 {
 	pk__raw_fields = json_fields ? json_fields : "";
 	pk_log(level, subsystem, msg, NULL);

@@ -42,15 +42,15 @@ void pk_log_set_context(const char *fields_fmt, ...) __attribute__((format(print
 int pk_log_enabled(enum pk_log_level level, const char *subsystem);
 
 void pk_log(enum pk_log_level level, const char *subsystem, const char *msg, const char *fields_fmt,
-	    ...) __attribute__((format(printf, 4, 5)));
+            ...) __attribute__((format(printf, 4, 5)));
 void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
-	     const char *fields_fmt, va_list ap);
+             const char *fields_fmt, va_list ap);
 
 /* Writes a record whose fields are given pre-rendered: `json_fields` is either empty or
  * a sequence of `,"key":value` pairs (valid JSON, built with pk_json_escape), for records
  * whose keys are only known at run time (the access log's headers). */
 void pk_log_raw(enum pk_log_level level, const char *subsystem, const char *msg,
-		const char *json_fields);
+                const char *json_fields);
 
 /* Writes src[0..len) as a JSON string (with quotes) into dst; returns the length it needs
  * (snprintf semantics: truncated output is NUL-terminated but incomplete). */
@@ -59,7 +59,7 @@ size_t pk_json_escape(char *dst, size_t size, const char *src, size_t len);
 /* Renders one record (without the trailing newline) into buf; returns the length that
  * would have been written (like snprintf). Exposed for tests. */
 int pk_log_render(char *buf, unsigned long size, enum pk_log_level level, const char *subsystem,
-		  const char *msg, const char *fields_fmt, va_list ap);
+                  const char *msg, const char *fields_fmt, va_list ap);
 
 #define pk_log_debug(sub, msg, ...) pk_log(PK_LOG_DEBUG, sub, msg, __VA_ARGS__)
 #define pk_log_info(sub, msg, ...)  pk_log(PK_LOG_INFO, sub, msg, __VA_ARGS__)

@@ -84,7 +84,7 @@ struct pk_config {
 	int proxy_access_log_disable;          /* proxy.access_log.disable, default false */
 	struct pk_strlist proxy_access_log_request_headers;  /* allowlist, default none */
 	struct pk_strlist proxy_access_log_response_headers; /* allowlist, default none */
-	int upstream_max_streams; /* upstream.max_streams: concurrent streams per tunnel */
+	int upstream_max_streams;     /* upstream.max_streams: concurrent streams per tunnel */
 	int admin_auth_exempt_probes; /* admin.auth.exempt_probes, default true */
 
 	struct pk_listener_config upstream;

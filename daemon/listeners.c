@@ -14,7 +14,7 @@
 #define PK__LISTEN_BACKLOG 4096
 
 static const char *const pk__listener_names[PK_LISTENER_COUNT] = {"proxy", "upstream", "admin",
-								  "cluster"};
+                                                                  "cluster"};
 
 const char *pk_listener_name(enum pk_listener_id id)
 {
@@ -60,7 +60,7 @@ static int pk__bind_one(const struct addrinfo *ai, int *fdp)
 	*fdp = fd;
 	return 0;
 
-err_close_fd: {
+err_close_fd : {
 	int e = errno;
 	close(fd);
 	return -e;

@@ -19,9 +19,9 @@ enum pk_listener_id {
 };
 
 struct pk_listener {
-	int fd;              /* -1 when not open */
-	char addr[300];      /* the configured address, e.g. ":8000" */
-	char bound[300];     /* the address actually bound, e.g. "[::]:8000" */
+	int fd;          /* -1 when not open */
+	char addr[300];  /* the configured address, e.g. ":8000" */
+	char bound[300]; /* the address actually bound, e.g. "[::]:8000" */
 };
 
 const char *pk_listener_name(enum pk_listener_id id);

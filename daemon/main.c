@@ -24,20 +24,22 @@ static int pk__main_extra(void *ud, const char *name, const char *value)
 
 static void pk__usage(FILE *out)
 {
-	fprintf(out, "Usage: pikod [--config FILE] [--KEY VALUE ...]\n"
-		     "\n"
-		     "pikod is a tunnel server compatible with Piko agents and clients.\n"
-		     "\n"
-		     "Commands:\n"
-		     "  --help            this text\n"
-		     "  --version         print the version and exit\n"
-		     "  --check           validate the configuration and exit (0 valid, 2 invalid)\n"
-		     "  --config FILE     libconfig file; every key below can also be set there\n"
-		     "\n"
-		     "Options (flags override the file):\n");
+	fprintf(out,
+	        "Usage: pikod [--config FILE] [--KEY VALUE ...]\n"
+	        "\n"
+	        "pikod is a tunnel server compatible with Piko agents and clients.\n"
+	        "\n"
+	        "Commands:\n"
+	        "  --help            this text\n"
+	        "  --version         print the version and exit\n"
+	        "  --check           validate the configuration and exit (0 valid, 2 invalid)\n"
+	        "  --config FILE     libconfig file; every key below can also be set there\n"
+	        "\n"
+	        "Options (flags override the file):\n");
 	pk_config_usage(out);
-	fprintf(out, "\nExit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.\n"
-		     "Documentation: docs/configuration.md and docs/operations.md.\n");
+	fprintf(out,
+	        "\nExit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.\n"
+	        "Documentation: docs/configuration.md and docs/operations.md.\n");
 }
 
 int main(int argc, char **argv)
@@ -78,6 +80,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	pk_log_setup(pk_log_level_parse(cfg.log_level),
-		     (const char *const *)cfg.log_subsystems.items);
+	             (const char *const *)cfg.log_subsystems.items);
 	return pk_supervisor_run(&cfg, argc, argv);
 }

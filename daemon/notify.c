@@ -19,7 +19,7 @@ void pk_notify_ready(const char *status)
 	char buf[600];
 	if (status)
 		snprintf(buf, sizeof(buf), "READY=1\nMAINPID=%ld\nSTATUS=%.500s", (long)getpid(),
-			 status);
+		         status);
 	else
 		snprintf(buf, sizeof(buf), "READY=1\nMAINPID=%ld", (long)getpid());
 	pk__notify(buf);
@@ -31,7 +31,8 @@ void pk_notify_reloading(void)
 	char buf[128];
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	snprintf(buf, sizeof(buf), "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
-		 (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	         (unsigned long long)ts.tv_sec * 1000000ULL +
+	             (unsigned long long)ts.tv_nsec / 1000);
 	pk__notify(buf);
 }
 

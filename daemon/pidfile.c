@@ -53,9 +53,9 @@ int pk_pidfile_acquire(const char *state_dir, long *other_pid, char *err, size_t
 			*other_pid = strtol(buf, NULL, 10);
 		if (rc == -EEXIST)
 			snprintf(err, errlen,
-				 "another pikod (pid %ld) is running with state_dir %s; stop it or "
-				 "use another --state-dir",
-				 *other_pid, state_dir);
+			         "another pikod (pid %ld) is running with state_dir %s; stop it or "
+			         "use another --state-dir",
+			         *other_pid, state_dir);
 		else
 			snprintf(err, errlen, "lock %s: %s", path, strerror(-rc));
 		close(fd);

@@ -22,14 +22,14 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define PK__SLOTS               PK_MAX_CHILDREN
-#define PK__RELOAD_TIMEOUT_MS   60000
-#define PK__BACKOFF_MIN_MS      50
-#define PK__BACKOFF_MAX_MS      10000
-#define PK__STABLE_MS           10000 /* a child up this long restarts without backoff */
-#define PK__MAX_DRAINING_GENS   3
-#define PK__STOP_SLACK_MS       5000
-#define PK__LOG                 "supervisor"
+#define PK__SLOTS             PK_MAX_CHILDREN
+#define PK__RELOAD_TIMEOUT_MS 60000
+#define PK__BACKOFF_MIN_MS    50
+#define PK__BACKOFF_MAX_MS    10000
+#define PK__STABLE_MS         10000 /* a child up this long restarts without backoff */
+#define PK__MAX_DRAINING_GENS 3
+#define PK__STOP_SLACK_MS     5000
+#define PK__LOG               "supervisor"
 
 enum pk__proc_state {
 	PK__PROC_FREE = 0,
@@ -117,7 +117,8 @@ static int pk__gen_all_ready(struct pk__sup *s, uint32_t gen)
 	int any = 0;
 	for (int i = 0; i < PK__SLOTS; i++) {
 		struct pk__proc *p = &s->procs[i];
-		if (p->state == PK__PROC_FREE || p->generation != gen || p->state == PK__PROC_DRAINING)
+		if (p->state == PK__PROC_FREE || p->generation != gen ||
+		    p->state == PK__PROC_DRAINING)
 			continue;
 		if (p->state != PK__PROC_READY)
 			return 0;
@@ -150,7 +151,7 @@ static void pk__publish(struct pk__sup *s)
 			st = PK_CHILD_UNUSED;
 		}
 		pk_counters_set_child(c, i, p->running ? p->process.pid : 0, (int)p->role,
-				      p->worker_index, p->generation, st, p->restarts);
+		                      p->worker_index, p->generation, st, p->restarts);
 	}
 	int ready = !s->stopping && pk__gen_all_ready(s, s->cur.id);
 	pk_counters_set_state(c, s->cur.id, ready, s->stopping);
@@ -198,12 +199,13 @@ static void pk__on_ctl(uv_poll_t *h, int status, int events)
 			pk__on_child_ready(s, slot);
 			break;
 		case PK_MSG_RELOAD:
-			pk_log_info(PK__LOG, "reload requested over the admin API", "slot=%d", slot);
+			pk_log_info(PK__LOG, "reload requested over the admin API", "slot=%d",
+			            slot);
 			pk__begin_reload(s, slot);
 			break;
 		default:
-			pk_log_warn(PK__LOG, "unexpected message from child", "slot=%d type=%s", slot,
-				    pk_msg_type_name(msg.hdr.type));
+			pk_log_warn(PK__LOG, "unexpected message from child", "slot=%d type=%s",
+			            slot, pk_msg_type_name(msg.hdr.type));
 		}
 	}
 }
@@ -215,7 +217,7 @@ static void pk__send(struct pk__proc *p, uint16_t type, const void *payload, siz
 	int rc = pk_chan_send(p->ctl_fd, type, payload, len, NULL, 0);
 	if (rc < 0)
 		pk_log_warn(PK__LOG, "control message not delivered", "slot=%d type=%s error=%s",
-			    (int)(p - p->sup->procs), pk_msg_type_name(type), strerror(-rc));
+		            (int)(p - p->sup->procs), pk_msg_type_name(type), strerror(-rc));
 }
 
 static void pk__send_drain(struct pk__proc *p, uint64_t grace_ms)
@@ -230,8 +232,8 @@ static void pk__kill_timer_cb(uv_timer_t *t)
 {
 	struct pk__proc *p = t->data;
 	if (p->running) {
-		pk_log_warn(PK__LOG, "child outlived its grace period; killing", "slot=%d child_pid=%d",
-			    (int)(p - p->sup->procs), p->process.pid);
+		pk_log_warn(PK__LOG, "child outlived its grace period; killing",
+		            "slot=%d child_pid=%d", (int)(p - p->sup->procs), p->process.pid);
 		uv_process_kill(&p->process, SIGKILL);
 	}
 }
@@ -261,7 +263,7 @@ static void pk__purge_routes(struct pk__sup *s, int slot)
 		pk_log_info(PK__LOG, "routes purged", "slot=%d count=%d", slot, n);
 	else if (n < 0)
 		pk_log_error(PK__LOG, "cannot purge routes", "slot=%d error=%s", slot,
-			     pk_db_strerror(n));
+		             pk_db_strerror(n));
 	(void)pk_db_reader_check(s->db, &dead);
 }
 
@@ -282,11 +284,13 @@ static void pk__on_exit(uv_process_t *proc, int64_t status, int sig)
 	int expected = p->state == PK__PROC_DRAINING || s->stopping;
 	enum pk_log_level lvl = expected && sig == 0 && status == 0 ? PK_LOG_INFO : PK_LOG_WARN;
 	if (sig)
-		pk_log(lvl, PK__LOG, "child exited", "slot=%d child_pid=%d role=%s generation=%u signal=%d",
-		       slot, pid, pk_role_name(p->role), p->generation, sig);
+		pk_log(lvl, PK__LOG, "child exited",
+		       "slot=%d child_pid=%d role=%s generation=%u signal=%d", slot, pid,
+		       pk_role_name(p->role), p->generation, sig);
 	else
-		pk_log(lvl, PK__LOG, "child exited", "slot=%d child_pid=%d role=%s generation=%u code=%d",
-		       slot, pid, pk_role_name(p->role), p->generation, (int)status);
+		pk_log(lvl, PK__LOG, "child exited",
+		       "slot=%d child_pid=%d role=%s generation=%u code=%d", slot, pid,
+		       pk_role_name(p->role), p->generation, (int)status);
 
 	if (expected) {
 		p->state = PK__PROC_FREE;
@@ -298,7 +302,7 @@ static void pk__on_exit(uv_process_t *proc, int64_t status, int sig)
 	} else if (sig == 0 && status == PK_EXIT_FATAL_CONFIG) {
 		p->state = PK__PROC_FAILED;
 		pk_log_error(PK__LOG, "child rejected its configuration; not respawning",
-			     "slot=%d role=%s", slot, pk_role_name(p->role));
+		             "slot=%d role=%s", slot, pk_role_name(p->role));
 	} else {
 		uint64_t up = pk__now_ms(s) - p->started_ms;
 		if (up >= PK__STABLE_MS)
@@ -311,7 +315,7 @@ static void pk__on_exit(uv_process_t *proc, int64_t status, int sig)
 		p->restarts++;
 		pk_counters_child_restarted(s->counters, (int)p->role);
 		pk_log_info(PK__LOG, "respawning child", "slot=%d role=%s delay_ms=%u", slot,
-			    pk_role_name(p->role), p->backoff_ms);
+		            pk_role_name(p->role), p->backoff_ms);
 		uv_timer_start(&p->timer, pk__respawn_cb, p->backoff_ms, 0);
 	}
 	pk__publish(s);
@@ -381,11 +385,11 @@ static void pk__spawn(struct pk__sup *s, int slot)
 #undef PK__PASS
 
 	uv_process_options_t opt = {
-		.exit_cb = pk__on_exit,
-		.file = s->exe,
-		.args = args,
-		.stdio_count = PK_FD_FIRST_FREE,
-		.stdio = stdio,
+	    .exit_cb = pk__on_exit,
+	    .file = s->exe,
+	    .args = args,
+	    .stdio_count = PK_FD_FIRST_FREE,
+	    .stdio = stdio,
 	};
 	p->process.data = p;
 	rc = uv_spawn(s->loop, &p->process, &opt);
@@ -405,14 +409,14 @@ static void pk__spawn(struct pk__sup *s, int slot)
 	p->poll_live = 1;
 	uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, pk__on_ctl);
 	pk_log_info(PK__LOG, "child started",
-		    "slot=%d child_pid=%d role=%s generation=%u worker=%d", slot, p->process.pid,
-		    pk_role_name(p->role), p->generation, p->worker_index);
+	            "slot=%d child_pid=%d role=%s generation=%u worker=%d", slot, p->process.pid,
+	            pk_role_name(p->role), p->generation, p->worker_index);
 	pk__publish(s);
 	return;
 
 err_backoff:
 	pk_log_error(PK__LOG, "cannot start child", "slot=%d role=%s error=%s", slot,
-		     pk_role_name(p->role), rc < 0 && rc > -4096 ? uv_strerror(rc) : "unknown");
+	             pk_role_name(p->role), rc < 0 && rc > -4096 ? uv_strerror(rc) : "unknown");
 	if (s->reloading && p->generation == s->next.id) {
 		p->state = PK__PROC_FREE;
 		pk__reload_fail(s, "cannot start a new child");
@@ -447,9 +451,9 @@ static int pk__start_generation(struct pk__sup *s, struct pk__gen *g)
 {
 	int slots[PK__SLOTS], n = 0;
 	for (int w = 0; w < g->nworkers + 2; w++) {
-		enum pk_role role = w < g->nworkers ? PK_ROLE_WORKER
-				    : w == g->nworkers ? PK_ROLE_ADMIN
-						       : PK_ROLE_CLUSTER;
+		enum pk_role role = w < g->nworkers    ? PK_ROLE_WORKER
+		                    : w == g->nworkers ? PK_ROLE_ADMIN
+		                                       : PK_ROLE_CLUSTER;
 		int slot = pk__alloc_slot(s, role, w < g->nworkers ? w : -1, g->id);
 		if (slot < 0) {
 			for (int i = 0; i < n; i++)
@@ -514,7 +518,7 @@ static const char *pk__listener_addr(const struct pk_config *cfg, int i)
 /* Opens g's listeners, reusing the fd of `prev` (may be NULL) where the address is the
  * same. On failure closes what it opened and leaves prev untouched. */
 static int pk__open_listeners(struct pk__gen *g, const struct pk__gen *prev, char *err,
-			      size_t errlen)
+                              size_t errlen)
 {
 	for (int i = 0; i < PK_LISTENER_COUNT; i++)
 		g->lst[i].fd = -1;
@@ -534,7 +538,7 @@ static int pk__open_listeners(struct pk__gen *g, const struct pk__gen *prev, cha
 			return rc;
 		}
 		pk_log_info(PK__LOG, "listening", "listener=%s addr=%s bound=%s",
-			    pk_listener_name(i), addr, g->lst[i].bound);
+		            pk_listener_name(i), addr, g->lst[i].bound);
 	}
 	return 0;
 }
@@ -577,7 +581,7 @@ static void pk__drain_generation(struct pk__sup *s, uint32_t gen)
 		p->state = PK__PROC_DRAINING;
 		pk__send_drain(p, s->cur.cfg.grace_period_ms);
 		uv_timer_start(&p->timer, pk__kill_timer_cb,
-			       s->cur.cfg.grace_period_ms + PK__STOP_SLACK_MS, 0);
+		               s->cur.cfg.grace_period_ms + PK__STOP_SLACK_MS, 0);
 	}
 }
 
@@ -603,10 +607,11 @@ static void pk__cap_draining(struct pk__sup *s)
 		if (ngens <= PK__MAX_DRAINING_GENS)
 			return;
 		pk_log_warn(PK__LOG, "too many generations draining; killing the oldest",
-			    "generation=%u", oldest);
+		            "generation=%u", oldest);
 		for (int i = 0; i < PK__SLOTS; i++) {
 			struct pk__proc *p = &s->procs[i];
-			if (p->state == PK__PROC_DRAINING && p->running && p->generation == oldest) {
+			if (p->state == PK__PROC_DRAINING && p->running &&
+			    p->generation == oldest) {
 				uv_process_kill(&p->process, SIGKILL);
 				p->generation = 0; /* counted as gone for the next pass */
 			}
@@ -645,10 +650,10 @@ static void pk__reload_commit(struct pk__sup *s)
 	pk__publish(s);
 	char status[128];
 	snprintf(status, sizeof(status), "serving: generation %u, %d workers", s->cur.id,
-		 s->cur.nworkers);
+	         s->cur.nworkers);
 	pk_notify_ready(status);
 	pk_log_info(PK__LOG, "reload complete", "generation=%u previous=%u workers=%d", s->cur.id,
-		    old_id, s->cur.nworkers);
+	            old_id, s->cur.nworkers);
 }
 
 static void pk__reload_fail(struct pk__sup *s, const char *why)
@@ -674,7 +679,7 @@ static void pk__reload_fail(struct pk__sup *s, const char *why)
 	}
 	pk_counters_reload_done(s->counters, 0);
 	pk_log_error(PK__LOG, "reload failed; the running generation keeps serving", "error=%s",
-		     why);
+	             why);
 	snprintf(status, sizeof(status), "reload failed: %s", why);
 	pk_notify_ready(status);
 	pk__reply_reload(s, 0, s->cur.id, why);
@@ -693,29 +698,29 @@ static void pk__on_child_ready(struct pk__sup *s, int slot)
 		return;
 	p->state = PK__PROC_READY;
 	pk_log_info(PK__LOG, "child ready", "slot=%d child_pid=%d role=%s generation=%u", slot,
-		    p->process.pid, pk_role_name(p->role), p->generation);
+	            p->process.pid, pk_role_name(p->role), p->generation);
 	if (s->reloading && p->generation == s->next.id) {
 		if (pk__gen_all_ready(s, s->next.id))
 			pk__reload_commit(s);
 		return;
 	}
 	pk__publish(s);
-	if (!s->initial_ready_sent && p->generation == s->cur.id && pk__gen_all_ready(s, s->cur.id)) {
+	if (!s->initial_ready_sent && p->generation == s->cur.id &&
+	    pk__gen_all_ready(s, s->cur.id)) {
 		char status[128];
 		s->initial_ready_sent = 1;
 		snprintf(status, sizeof(status), "serving: generation %u, %d workers", s->cur.id,
-			 s->cur.nworkers);
+		         s->cur.nworkers);
 		pk_notify_ready(status);
 		pk_log_info(PK__LOG, "ready", "generation=%u workers=%d", s->cur.id,
-			    s->cur.nworkers);
+		            s->cur.nworkers);
 	}
 }
 
 static int pk__extra_flag(void *ud, const char *name, const char *value)
 {
 	/* --check/--version/--help were handled at start-up; tolerate them on re-read. */
-	if (strcmp(name, "check") == 0 || strcmp(name, "version") == 0 ||
-	    strcmp(name, "help") == 0)
+	if (strcmp(name, "check") == 0 || strcmp(name, "version") == 0 || strcmp(name, "help") == 0)
 		return 2;
 	return 0;
 }
@@ -739,7 +744,7 @@ static void pk__begin_reload(struct pk__sup *s, int requester)
 	s->reload_requester = requester;
 	pk_notify_reloading();
 	pk_log_info(PK__LOG, "reloading configuration", "file=%s",
-		    s->cur.cfg.config_file ? s->cur.cfg.config_file : "");
+	            s->cur.cfg.config_file ? s->cur.cfg.config_file : "");
 
 	memset(g, 0, sizeof(*g));
 	g->config_fd = -1;
@@ -770,7 +775,7 @@ static void pk__begin_reload(struct pk__sup *s, int requester)
 		return;
 	}
 	pk_log_setup(pk_log_level_parse(g->cfg.log_level),
-		     (const char *const *)g->cfg.log_subsystems.items);
+	             (const char *const *)g->cfg.log_subsystems.items);
 	s->reloading = 1;
 	uv_timer_start(&s->reload_timer, pk__reload_timeout, PK__RELOAD_TIMEOUT_MS, 0);
 	if (pk__start_generation(s, g) < 0)
@@ -841,7 +846,7 @@ static void pk__begin_stop(struct pk__sup *s, int signum)
 	s->stopping = 1;
 	pk_notify_stopping();
 	pk_log_info(PK__LOG, "stopping", "signal=%d grace_ms=%llu", signum,
-		    (unsigned long long)s->cur.cfg.grace_period_ms);
+	            (unsigned long long)s->cur.cfg.grace_period_ms);
 	if (s->reloading)
 		pk__reload_fail(s, "stopping");
 	/* Our copies of the listeners go first: new connections are refused from here on,
@@ -861,7 +866,7 @@ static void pk__begin_stop(struct pk__sup *s, int signum)
 		}
 	}
 	uv_timer_start(&s->stop_timer, pk__stop_timeout,
-		       s->cur.cfg.grace_period_ms + PK__STOP_SLACK_MS, 0);
+	               s->cur.cfg.grace_period_ms + PK__STOP_SLACK_MS, 0);
 	pk__maybe_finish_stop(s);
 }
 
@@ -988,7 +993,7 @@ int pk_supervisor_run(struct pk_config *cfg, int argc, char **argv)
 	uv_signal_start(&s->sig_int, pk__on_signal, SIGINT);
 
 	pk_log_info(PK__LOG, "starting", "version=%s workers=%d state_dir=%s", PK_VERSION,
-		    s->cur.nworkers, s->cur.cfg.state_dir);
+	            s->cur.nworkers, s->cur.cfg.state_dir);
 	pk_counters_set_started(s->counters);
 	if (pk__start_generation(s, &s->cur) < 0) {
 		pk_log_error(PK__LOG, "process table too small", NULL);

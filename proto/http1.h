@@ -167,8 +167,7 @@ const char *pk_http1_get(const struct pk_http1_parser *p, const char *name, size
 
 /* Copies the value of the first header named `name` into buf as a NUL-terminated string.
  * Returns buf, or NULL when absent or when the value does not fit (size includes the NUL). */
-char *pk_http1_get_copy(const struct pk_http1_parser *p, const char *name, char *buf,
-                        size_t size);
+char *pk_http1_get_copy(const struct pk_http1_parser *p, const char *name, char *buf, size_t size);
 
 /* Number of headers named `name`. */
 unsigned pk_http1_count(const struct pk_http1_parser *p, const char *name);

@@ -292,7 +292,7 @@ void pk_counters_gauge_add(struct pk_counters *c, int slot, enum pk_ctr_gauge g,
 /* ---- per-worker counters ---- */
 
 const uint64_t pk_ctr_size_bounds[PK_CTR_SIZE_BUCKETS - 1] = {
-	256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+    256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 };
 
 static int pk__size_bucket(uint64_t n)
@@ -304,7 +304,7 @@ static int pk__size_bucket(uint64_t n)
 }
 
 void pk_counters_request_sizes(struct pk_counters *c, int worker, uint64_t request_bytes,
-			       uint64_t response_bytes)
+                               uint64_t response_bytes)
 {
 	if (c == NULL || worker < 0 || worker >= PK_MAX_WORKERS)
 		return;

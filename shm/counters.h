@@ -255,7 +255,7 @@ void pk_counters_request_done(struct pk_counters *c, int worker, enum pk_ctr_met
 void pk_counters_worker_add(struct pk_counters *c, int worker, enum pk_ctr_wfield f, uint64_t n);
 /* Counts one request's body sizes in the size histograms. */
 void pk_counters_request_sizes(struct pk_counters *c, int worker, uint64_t request_bytes,
-			       uint64_t response_bytes);
+                               uint64_t response_bytes);
 /* Copies worker block w (each field read atomically). 0 or -EINVAL. */
 int pk_counters_read_worker(const struct pk_counters *c, int worker, struct pk_ctr_worker *out);
 /* Maps a method token ("GET", ...; case-sensitive, as HTTP) to its index. */

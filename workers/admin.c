@@ -262,12 +262,12 @@ static int pk__row(const char *ep, size_t len, const struct pk_route *r, void *u
 	snprintf(remote, sizeof(remote), "%.*s", (int)sizeof(r->remote) - 1, r->remote);
 	if (r->token_exp > 0)
 		pk__rfc3339((uint64_t)r->token_exp * 1000, expiry, sizeof(expiry));
-	json_t *o = json_pack(
-	    "{s:s,s:i,s:i,s:I,s:s,s:s,s:s,s:o,s:I,s:b}", "endpoint", name, "worker", (int)r->slot,
-	    "worker_index", widx, "generation", (json_int_t)r->generation, "tunnel_id", id,
-	    "remote", remote, "connected_since", since, "token_expiry",
-	    r->token_exp > 0 ? json_string(expiry) : json_null(), "in_flight_streams",
-	    (json_int_t)streams, "draining", (r->flags & PK_ROUTE_F_DRAINING) != 0);
+	json_t *o =
+	    json_pack("{s:s,s:i,s:i,s:I,s:s,s:s,s:s,s:o,s:I,s:b}", "endpoint", name, "worker",
+	              (int)r->slot, "worker_index", widx, "generation", (json_int_t)r->generation,
+	              "tunnel_id", id, "remote", remote, "connected_since", since, "token_expiry",
+	              r->token_exp > 0 ? json_string(expiry) : json_null(), "in_flight_streams",
+	              (json_int_t)streams, "draining", (r->flags & PK_ROUTE_F_DRAINING) != 0);
 	if (o == NULL || json_array_append_new(rows->list, o) < 0)
 		return -ENOMEM;
 	return 0;

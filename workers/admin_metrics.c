@@ -77,7 +77,7 @@ static void pk__put_label_value(struct pk__mbuf *b, const char *v)
 }
 
 static void pk__size_histogram(struct pk__mbuf *b, const char *name, const char *help,
-			       const uint64_t *buckets, uint64_t sum);
+                               const uint64_t *buckets, uint64_t sum);
 static void pk__family(struct pk__mbuf *b, const char *name, const char *type, const char *help)
 {
 	pk__put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -181,15 +181,15 @@ static void pk__render_requests(struct pk__mbuf *b, const struct pk_metrics_snap
 	pk__fmt_us(sum, sizeof(sum), t->latency_sum_us);
 	pk__put(b, "piko_proxy_request_latency_seconds_sum %s\n", sum);
 	pk__put(b, "piko_proxy_request_latency_seconds_count %llu\n", (unsigned long long)cum);
-	pk__size_histogram(b, "piko_proxy_request_size_bytes", "Request body sizes.",
-			   t->req_size, t->req_size_sum);
+	pk__size_histogram(b, "piko_proxy_request_size_bytes", "Request body sizes.", t->req_size,
+	                   t->req_size_sum);
 	pk__size_histogram(b, "piko_proxy_response_size_bytes",
-			   "Response sizes (head and body) written to clients.", t->resp_size,
-			   t->resp_size_sum);
+	                   "Response sizes (head and body) written to clients.", t->resp_size,
+	                   t->resp_size_sum);
 }
 
 static void pk__size_histogram(struct pk__mbuf *b, const char *name, const char *help,
-			       const uint64_t *buckets, uint64_t sum)
+                               const uint64_t *buckets, uint64_t sum)
 {
 	uint64_t cum = 0;
 	pk__family(b, name, "histogram", help);
@@ -197,7 +197,7 @@ static void pk__size_histogram(struct pk__mbuf *b, const char *name, const char 
 		cum += buckets[i];
 		if (i < PK_CTR_SIZE_BUCKETS - 1)
 			pk__put(b, "%s_bucket{le=\"%llu\"} %llu\n", name,
-				(unsigned long long)pk_ctr_size_bounds[i], (unsigned long long)cum);
+			        (unsigned long long)pk_ctr_size_bounds[i], (unsigned long long)cum);
 		else
 			pk__put(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
 	}

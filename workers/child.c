@@ -16,8 +16,7 @@
 
 #define PK__CONFIG_MAX (4 * 1024 * 1024)
 
-void (*pk_child_on_message)(struct pk_child *c, uint16_t type, const void *payload,
-			    size_t len);
+void (*pk_child_on_message)(struct pk_child *c, uint16_t type, const void *payload, size_t len);
 
 static const char *const pk__role_names[PK_ROLE_COUNT] = {"worker", "admin", "cluster"};
 
@@ -83,7 +82,7 @@ static void pk__begin_drain(struct pk_child *c, uint64_t grace_ms, int now)
 		uv_unref((uv_handle_t *)&c->grace_timer);
 	}
 	pk_log_info("child", now ? "stopping" : "draining", "grace_ms=%llu",
-		    (unsigned long long)grace_ms);
+	            (unsigned long long)grace_ms);
 	if (c->on_drain)
 		c->on_drain(c, now);
 	else
@@ -104,7 +103,7 @@ static void pk__on_control(uv_poll_t *p, int status, int events)
 			/* The supervisor is gone (or broke the protocol): nobody will tell us to
 			 * stop, so drain now and leave. */
 			pk_log_warn("child", "control channel closed; draining", "error=%s",
-				    rc == 0 ? "eof" : strerror(-rc));
+			            rc == 0 ? "eof" : strerror(-rc));
 			uv_poll_stop(p);
 			c->control_open = 0;
 			pk__begin_drain(c, c->cfg.grace_period_ms, 0);
@@ -128,7 +127,7 @@ static void pk__on_control(uv_poll_t *p, int status, int events)
 				pk_child_on_message(c, msg.hdr.type, msg.payload, msg.hdr.len);
 			else
 				pk_log_warn("child", "unexpected control message", "type=%s",
-					    pk_msg_type_name(msg.hdr.type));
+				            pk_msg_type_name(msg.hdr.type));
 		}
 	}
 }
@@ -225,10 +224,10 @@ int pk_child_main(int argc, char **argv)
 	c->nworkers = a.nworkers;
 	if (c->role == PK_ROLE_WORKER)
 		pk_log_set_context("proc=%s slot=%d generation=%u worker=%d", pk_role_name(c->role),
-				   c->slot, c->generation, c->worker_index);
+		                   c->slot, c->generation, c->worker_index);
 	else
 		pk_log_set_context("proc=%s slot=%d generation=%u", pk_role_name(c->role), c->slot,
-				   c->generation);
+		                   c->generation);
 
 	err[0] = '\0';
 	rc = pk_config_init(&c->cfg);
@@ -238,13 +237,13 @@ int pk_child_main(int argc, char **argv)
 		rc = pk_config_load_string(&c->cfg, text, "supervisor", err);
 	if (rc < 0) {
 		pk_log_error("child", "unusable configuration from the supervisor", "error=%s",
-			     err);
+		             err);
 		exit(PK_EXIT_FATAL_CONFIG);
 	}
 	free(text);
 	close(PK_FD_CONFIG);
 	pk_log_setup(pk_log_level_parse(c->cfg.log_level),
-		     (const char *const *)c->cfg.log_subsystems.items);
+	             (const char *const *)c->cfg.log_subsystems.items);
 
 	rc = pk_counters_map(PK_FD_COUNTERS, &c->counters);
 	if (rc < 0) {

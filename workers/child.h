@@ -12,25 +12,20 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define PK_FD_CONTROL  3 /* SEQPACKET control channel to the supervisor */
-#define PK_FD_CONFIG   4 /* memfd: the effective configuration (libconfig text) */
-#define PK_FD_COUNTERS 5 /* memfd: the shared counters region */
-#define PK_FD_PROXY    6 /* listeners, present only for roles that serve them */
-#define PK_FD_UPSTREAM 7
-#define PK_FD_ADMIN    8
-#define PK_FD_CLUSTER  9
+#define PK_FD_CONTROL    3 /* SEQPACKET control channel to the supervisor */
+#define PK_FD_CONFIG     4 /* memfd: the effective configuration (libconfig text) */
+#define PK_FD_COUNTERS   5 /* memfd: the shared counters region */
+#define PK_FD_PROXY      6 /* listeners, present only for roles that serve them */
+#define PK_FD_UPSTREAM   7
+#define PK_FD_ADMIN      8
+#define PK_FD_CLUSTER    9
 #define PK_FD_FIRST_FREE 10
 
 /* Exit code for "the configuration handed to me is unusable": the supervisor does not
  * respawn a child that exits with it (nginx's "fatal, don't respawn"). */
 #define PK_EXIT_FATAL_CONFIG 2
 
-enum pk_role {
-	PK_ROLE_WORKER = 0,
-	PK_ROLE_ADMIN,
-	PK_ROLE_CLUSTER,
-	PK_ROLE_COUNT
-};
+enum pk_role { PK_ROLE_WORKER = 0, PK_ROLE_ADMIN, PK_ROLE_CLUSTER, PK_ROLE_COUNT };
 
 const char *pk_role_name(enum pk_role role);
 int pk_role_parse(const char *name); /* -1 if unknown */
@@ -40,10 +35,10 @@ struct pk_counters;
 struct pk_child {
 	uv_loop_t *loop;
 	enum pk_role role;
-	int slot;           /* index in the supervisor's process table */
+	int slot; /* index in the supervisor's process table */
 	uint32_t generation;
-	int worker_index;   /* workers: 0..nworkers-1 */
-	int nworkers;       /* workers in this generation */
+	int worker_index; /* workers: 0..nworkers-1 */
+	int nworkers;     /* workers in this generation */
 	struct pk_config cfg;
 	struct pk_counters *counters;
 
@@ -72,7 +67,7 @@ int pk_child_send(struct pk_child *c, uint16_t type, const void *payload, size_t
 
 /* Handler for messages other than drain/stop (admin uses it for reload results). */
 extern void (*pk_child_on_message)(struct pk_child *c, uint16_t type, const void *payload,
-				   size_t len);
+                                   size_t len);
 
 /* Ends the process after the loop has closed its handles. */
 void pk_child_exit(struct pk_child *c, int code) __attribute__((noreturn));

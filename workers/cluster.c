@@ -43,7 +43,7 @@ int pk_cluster_start(struct pk_child *c)
 		rc = uv_listen((uv_stream_t *)&cl.listener, 128, pk__on_peer);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "cannot serve the cluster listener", "error=%s",
-			     uv_strerror(rc));
+		             uv_strerror(rc));
 		return rc;
 	}
 	cl.listening = 1;

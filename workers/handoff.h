@@ -40,8 +40,8 @@
 #define PK_HANDOFF_F_TLS       1u /* the client came in on a TLS listener */
 #define PK_HANDOFF_F_FORWARDED 2u /* the request came from a peer node: never forward again */
 /* Bits 8-15 of flags: how many handoffs the connection has been through. */
-#define PK_HANDOFF_HOPS(flags)      (((flags) >> 8) & 0xffu)
-#define PK_HANDOFF_SET_HOPS(n)      (((uint32_t)(n) & 0xffu) << 8)
+#define PK_HANDOFF_HOPS(flags) (((flags) >> 8) & 0xffu)
+#define PK_HANDOFF_SET_HOPS(n) (((uint32_t)(n)&0xffu) << 8)
 
 /* The fixed part of a handoff message (host byte order: it never leaves the machine). */
 struct pk_handoff {

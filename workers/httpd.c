@@ -11,9 +11,9 @@
 #include <strings.h>
 
 enum pk__conn_state {
-	PK__CONN_READING, /* waiting for (the rest of) a request head */
+	PK__CONN_READING,  /* waiting for (the rest of) a request head */
 	PK__CONN_HANDLING, /* handler called, response not yet given */
-	PK__CONN_WRITING, /* response being written */
+	PK__CONN_WRITING,  /* response being written */
 	PK__CONN_CLOSING,
 };
 
@@ -54,25 +54,44 @@ static void pk__conn_try_head(struct pk_httpd_conn *c);
 const char *pk_http_reason(int status)
 {
 	switch (status) {
-	case 101: return "Switching Protocols";
-	case 200: return "OK";
-	case 204: return "No Content";
-	case 400: return "Bad Request";
-	case 401: return "Unauthorized";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 408: return "Request Timeout";
-	case 413: return "Content Too Large";
-	case 426: return "Upgrade Required";
-	case 431: return "Request Header Fields Too Large";
-	case 500: return "Internal Server Error";
-	case 501: return "Not Implemented";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	case 505: return "HTTP Version Not Supported";
-	default: return "Unknown";
+	case 101:
+		return "Switching Protocols";
+	case 200:
+		return "OK";
+	case 204:
+		return "No Content";
+	case 400:
+		return "Bad Request";
+	case 401:
+		return "Unauthorized";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 408:
+		return "Request Timeout";
+	case 413:
+		return "Content Too Large";
+	case 426:
+		return "Upgrade Required";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 500:
+		return "Internal Server Error";
+	case 501:
+		return "Not Implemented";
+	case 502:
+		return "Bad Gateway";
+	case 503:
+		return "Service Unavailable";
+	case 504:
+		return "Gateway Timeout";
+	case 505:
+		return "HTTP Version Not Supported";
+	default:
+		return "Unknown";
 	}
 }
 
@@ -191,7 +210,7 @@ static void pk__write_done(uv_write_t *w, int status)
 }
 
 int pk_httpd_respond(struct pk_httpd_conn *c, int status, const char *content_type,
-		     const char *const *extra_headers, const void *body, size_t len)
+                     const char *const *extra_headers, const void *body, size_t len)
 {
 	size_t cap = 256 + len + (content_type ? strlen(content_type) : 0);
 	for (int i = 0; extra_headers && extra_headers[i]; i++)
@@ -209,7 +228,7 @@ int pk_httpd_respond(struct pk_httpd_conn *c, int status, const char *content_ty
 	for (int i = 0; extra_headers && extra_headers[i]; i++)
 		n += snprintf(wr->data + n, cap - (size_t)n, "%s\r\n", extra_headers[i]);
 	n += snprintf(wr->data + n, cap - (size_t)n, "Content-Length: %zu\r\n%s\r\n", len,
-		      c->close_after ? "Connection: close\r\n" : "");
+	              c->close_after ? "Connection: close\r\n" : "");
 	memcpy(wr->data + n, body, len);
 	wr->conn = c;
 	c->state = PK__CONN_WRITING;
@@ -288,10 +307,10 @@ static int pk__on_headers_complete(http_parser *p)
 static int pk__parse_head(struct pk_httpd_conn *c, size_t head_len)
 {
 	static const http_parser_settings settings = {
-		.on_url = pk__on_url,
-		.on_header_field = pk__on_field,
-		.on_header_value = pk__on_value,
-		.on_headers_complete = pk__on_headers_complete,
+	    .on_url = pk__on_url,
+	    .on_header_field = pk__on_field,
+	    .on_header_value = pk__on_value,
+	    .on_headers_complete = pk__on_headers_complete,
 	};
 	struct pk__parse ps = {.c = c};
 	http_parser p;
@@ -340,8 +359,8 @@ static int pk__parse_head(struct pk_httpd_conn *c, size_t head_len)
 	path[plen] = '\0';
 	r->path = path;
 	r->query = q ? q + 1 : "";
-	int has_body = (p.flags & F_CHUNKED) ||
-		       (p.content_length != 0 && p.content_length != ULLONG_MAX);
+	int has_body =
+	    (p.flags & F_CHUNKED) || (p.content_length != 0 && p.content_length != ULLONG_MAX);
 	if (has_body || !http_should_keep_alive(&p) || p.upgrade)
 		c->close_after = 1;
 	return 0;
@@ -350,7 +369,8 @@ static int pk__parse_head(struct pk_httpd_conn *c, size_t head_len)
 /* http_parser accepts LF without CR; we don't (it is how requests get smuggled). */
 static int pk__has_bare_lf(const char *buf, size_t len)
 {
-	for (const char *p = memchr(buf, '\n', len); p; p = memchr(p + 1, '\n', len - (size_t)(p + 1 - buf)))
+	for (const char *p = memchr(buf, '\n', len); p;
+	     p = memchr(p + 1, '\n', len - (size_t)(p + 1 - buf)))
 		if (p == buf || p[-1] != '\r')
 			return 1;
 	return 0;
@@ -389,8 +409,8 @@ static void pk__conn_try_head(struct pk_httpd_conn *c)
 	int status = pk__parse_head(c, c->head_len);
 	if (status != 0) {
 		c->close_after = 1;
-		pk_httpd_respond_error(c, status, status == 431 ? "too many header fields"
-							      : "malformed request");
+		pk_httpd_respond_error(
+		    c, status, status == 431 ? "too many header fields" : "malformed request");
 		return;
 	}
 	srv->fn(c, &c->req, srv->ud);
@@ -477,11 +497,11 @@ static void pk__on_connection(uv_stream_t *l, int status)
 		if (ss.ss_family == AF_INET6) {
 			uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
 			snprintf(c->client, sizeof(c->client), "[%s]:%u", ip,
-				 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+			         ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
 		} else {
 			uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
 			snprintf(c->client, sizeof(c->client), "%s:%u", ip,
-				 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+			         ntohs(((struct sockaddr_in *)&ss)->sin_port));
 		}
 	}
 	c->state = PK__CONN_READING;
@@ -489,7 +509,7 @@ static void pk__on_connection(uv_stream_t *l, int status)
 }
 
 int pk_httpd_start(struct pk_httpd **out, uv_loop_t *loop, int listen_fd,
-		   const struct pk_httpd_options *opt, pk_httpd_handler_fn fn, void *ud)
+                   const struct pk_httpd_options *opt, pk_httpd_handler_fn fn, void *ud)
 {
 	struct pk_httpd *srv = calloc(1, sizeof(*srv));
 	int rc;

@@ -46,10 +46,10 @@ int pk_http_query_param(const char *query, const char *name, char *buf, size_t l
 
 /* Handler: must call pk_httpd_respond() exactly once, now or later (e.g. after I/O). */
 typedef void (*pk_httpd_handler_fn)(struct pk_httpd_conn *conn, const struct pk_http_req *req,
-				    void *ud);
+                                    void *ud);
 
 struct pk_httpd_options {
-	size_t max_header_bytes;          /* 431 beyond this */
+	size_t max_header_bytes;         /* 431 beyond this */
 	uint64_t read_header_timeout_ms; /* 408 and close when a head takes longer */
 	uint64_t idle_timeout_ms;        /* close a kept-alive connection idle this long */
 	const char *subsystem;           /* for logs, e.g. "admin" */
@@ -57,13 +57,13 @@ struct pk_httpd_options {
 
 /* Starts serving on an inherited listening socket. Returns 0 or -errno. */
 int pk_httpd_start(struct pk_httpd **out, uv_loop_t *loop, int listen_fd,
-		   const struct pk_httpd_options *opt, pk_httpd_handler_fn fn, void *ud);
+                   const struct pk_httpd_options *opt, pk_httpd_handler_fn fn, void *ud);
 
 /* Writes the response: status line, Content-Type (if given), Content-Length, extra headers
  * (each a full "Name: value" line without CRLF, NULL-terminated array, may be NULL), body.
  * Returns 0 or -errno (the connection is then closed). */
 int pk_httpd_respond(struct pk_httpd_conn *conn, int status, const char *content_type,
-		     const char *const *extra_headers, const void *body, size_t len);
+                     const char *const *extra_headers, const void *body, size_t len);
 
 /* Shorthand for the JSON error body used everywhere: {"error":"<msg>"}. */
 int pk_httpd_respond_error(struct pk_httpd_conn *conn, int status, const char *msg);

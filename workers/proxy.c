@@ -30,12 +30,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PK__LOG            "proxy"
-#define PK__READ_CHUNK     (64 * 1024)
-#define PK__MAX_CANDIDATES 64
-#define PK__WAIT_POLL_MS   20
-#define PK__TCP_PREFIX     "/_piko/v1/tcp/"
-#define PK__MAX_HOPS       2
+#define PK__LOG              "proxy"
+#define PK__READ_CHUNK       (64 * 1024)
+#define PK__MAX_CANDIDATES   64
+#define PK__WAIT_POLL_MS     20
+#define PK__TCP_PREFIX       "/_piko/v1/tcp/"
+#define PK__MAX_HOPS         2
 #define PK__HANDOFF_RETRY_MS 2000
 
 enum pk__pstate {
@@ -75,7 +75,7 @@ struct pk__pconn {
 	char client[80];
 	char client_ip[64];
 	unsigned requests;
-	int hops;        /* handoffs this connection went through */
+	int hops; /* handoffs this connection went through */
 	int https;
 	int tcp_mode; /* the request is GET /_piko/v1/tcp/<endpoint> */
 	int reading;
@@ -108,10 +108,10 @@ struct pk__pconn {
 	int resp_done;
 	int upstream_fin;
 	int status;
-	int inflight;          /* counted in the in-flight gauge */
-	uint64_t tunnel_id;    /* of the current request's stream */
-	uint64_t req_bytes;    /* request body bytes sent upstream */
-	uint64_t resp_bytes;   /* response bytes written to the client */
+	int inflight;        /* counted in the in-flight gauge */
+	uint64_t tunnel_id;  /* of the current request's stream */
+	uint64_t req_bytes;  /* request body bytes sent upstream */
+	uint64_t resp_bytes; /* response bytes written to the client */
 
 	size_t out_pending; /* bytes written to the client, not yet completed */
 
@@ -255,7 +255,7 @@ static void pk__cwrite_done(uv_write_t *req, int status)
 
 /* Queues bytes to the client; `consumed` stream bytes are reported once written. */
 static int pk__cwrite(struct pk__pconn *pc, const void *a, size_t alen, const void *b, size_t blen,
-		      size_t consumed)
+                      size_t consumed)
 {
 	struct pk__cwrite *wr = malloc(sizeof(*wr) + alen + blen);
 	if (wr == NULL)
@@ -283,7 +283,7 @@ static int pk__cwrite(struct pk__pconn *pc, const void *a, size_t alen, const vo
 
 /* Appends `,"<key>":{"name":"value",...}` for the allow-listed headers of p. */
 static size_t pk__log_headers(char *buf, size_t size, const char *key,
-			      const struct pk_http1_parser *p, const struct pk_strlist *allow)
+                              const struct pk_http1_parser *p, const struct pk_strlist *allow)
 {
 	size_t n = 0;
 	int first = 1;
@@ -299,12 +299,12 @@ static size_t pk__log_headers(char *buf, size_t size, const char *key,
 				buf[n++] = ',';
 			first = 0;
 			n += pk_json_escape(buf + n, size - n, allow->items[i],
-					    strlen(allow->items[i]));
+			                    strlen(allow->items[i]));
 			if (n >= size - 8)
 				break;
 			buf[n++] = ':';
 			n += pk_json_escape(buf + n, size - n, pk_http1_ptr(p, p->headers[h].value),
-					    p->headers[h].value.len);
+			                    p->headers[h].value.len);
 			break; /* the first value of each listed header */
 		}
 	}
@@ -322,8 +322,8 @@ static void pk__finish_request(struct pk__pconn *pc)
 	size_t mlen = pc->req_head_done ? pc->req.method.len : 0;
 	const char *m = pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.method) : "";
 	pk_counters_request_done(w->ctr, w->worker_index,
-				 mlen ? pk_counters_method(m, mlen) : PK_CTR_M_OTHER, pc->status,
-				 (now - pc->started_ms) * 1000);
+	                         mlen ? pk_counters_method(m, mlen) : PK_CTR_M_OTHER, pc->status,
+	                         (now - pc->started_ms) * 1000);
 	pk_counters_request_sizes(w->ctr, w->worker_index, pc->req_bytes, pc->resp_bytes);
 	if (pc->inflight) {
 		pc->inflight = 0;
@@ -333,29 +333,30 @@ static void pk__finish_request(struct pk__pconn *pc)
 		return;
 	char fields[8192], target[2048];
 	size_t tlen = pc->req_head_done ? pc->req.target.len : 0;
-	pk_json_escape(target, sizeof(target), pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.target) : "",
-		       tlen > 1024 ? 1024 : tlen);
+	pk_json_escape(target, sizeof(target),
+	               pc->req_head_done ? pk_http1_ptr(&pc->req, pc->req.target) : "",
+	               tlen > 1024 ? 1024 : tlen);
 	char method[40];
 	pk_json_escape(method, sizeof(method), m, mlen > 16 ? 16 : mlen);
 	int n = snprintf(fields, sizeof(fields),
-			 ",\"endpoint\":\"%s\",\"method\":%s,\"path\":%s,\"status\":%d,"
-			 "\"duration_ms\":%llu,\"request_bytes\":%llu,\"response_bytes\":%llu,"
-			 "\"client\":\"%s\",\"tunnel_id\":%llu,\"handoffs\":%d",
-			 pc->endpoint, method, target, pc->status,
-			 (unsigned long long)(now - pc->started_ms),
-			 (unsigned long long)pc->req_bytes, (unsigned long long)pc->resp_bytes,
-			 pc->client, (unsigned long long)pc->tunnel_id, pc->hops);
+	                 ",\"endpoint\":\"%s\",\"method\":%s,\"path\":%s,\"status\":%d,"
+	                 "\"duration_ms\":%llu,\"request_bytes\":%llu,\"response_bytes\":%llu,"
+	                 "\"client\":\"%s\",\"tunnel_id\":%llu,\"handoffs\":%d",
+	                 pc->endpoint, method, target, pc->status,
+	                 (unsigned long long)(now - pc->started_ms),
+	                 (unsigned long long)pc->req_bytes, (unsigned long long)pc->resp_bytes,
+	                 pc->client, (unsigned long long)pc->tunnel_id, pc->hops);
 	if (n > 0 && (size_t)n < sizeof(fields)) {
 		size_t len = (size_t)n;
 		len += pk__log_headers(fields + len, sizeof(fields) - len, "request_headers",
-				       pc->req_head_done ? &pc->req : NULL,
-				       &w->cfg->proxy_access_log_request_headers);
+		                       pc->req_head_done ? &pc->req : NULL,
+		                       &w->cfg->proxy_access_log_request_headers);
 		pk__log_headers(fields + len, sizeof(fields) - len, "response_headers",
-				pc->resp_head_done ? &pc->resp : NULL,
-				&w->cfg->proxy_access_log_response_headers);
+		                pc->resp_head_done ? &pc->resp : NULL,
+		                &w->cfg->proxy_access_log_response_headers);
 	}
 	pk_log_raw(pc->status >= 500 ? PK_LOG_WARN : PK_LOG_INFO, "proxy.access", "request",
-		   fields);
+	           fields);
 }
 
 /* Answers the current request with a JSON error. */
@@ -363,7 +364,7 @@ static void pk__fail(struct pk__pconn *pc, int status, const char *msg)
 {
 	char buf[512];
 	int close = pc->close_after || !pc->req_head_done || !pc->req_body_done ||
-		    pc->w->draining || pc->state == PK__P_TCP;
+	            pc->w->draining || pc->state == PK__P_TCP;
 	ssize_t n = pk_http1_build_error(buf, sizeof(buf), (unsigned)status, msg, close);
 	pk__drop_xchg(pc, 1);
 	uv_timer_stop(&pc->timer);
@@ -428,14 +429,14 @@ static void pk__x_on_close(void *ud, int err);
 static void pk__x_on_writable(void *ud);
 
 static const struct pk_tstream_ops pk__xops = {
-	.on_data = pk__x_on_data,
-	.on_fin = pk__x_on_fin,
-	.on_close = pk__x_on_close,
-	.on_writable = pk__x_on_writable,
+    .on_data = pk__x_on_data,
+    .on_fin = pk__x_on_fin,
+    .on_close = pk__x_on_close,
+    .on_writable = pk__x_on_writable,
 };
 
-static const char *const pk__hop_headers[] = {"connection", "keep-alive", "proxy-connection",
-					      "te", "trailer", "upgrade", NULL};
+static const char *const pk__hop_headers[] = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", NULL};
 
 static int pk__is_hop(const struct pk_http1_parser *p, const struct pk_http1_header *h)
 {
@@ -491,9 +492,9 @@ static ssize_t pk__client_head(struct pk__pconn *pc, char *buf, size_t size)
 		memcpy(buf + n, "\r\n", 2);
 		n += 2;
 	}
-	const char *conn = pc->close_after ? "Connection: close\r\n\r\n"
-			   : pc->req.version_minor == 0 ? "Connection: keep-alive\r\n\r\n"
-							: "\r\n";
+	const char *conn = pc->close_after              ? "Connection: close\r\n\r\n"
+	                   : pc->req.version_minor == 0 ? "Connection: keep-alive\r\n\r\n"
+	                                                : "\r\n";
 	size_t clen = strlen(conn);
 	if (n + clen > size)
 		return -ENOSPC;
@@ -502,7 +503,7 @@ static ssize_t pk__client_head(struct pk__pconn *pc, char *buf, size_t size)
 }
 
 static void pk__response_body(struct pk__pconn *pc, const uint8_t *data, size_t len,
-			      size_t consumed_extra)
+                              size_t consumed_extra)
 {
 	ssize_t body = len ? pk_http1_body_feed(&pc->respbody, data, len) : 0;
 	if (body < 0) {
@@ -732,7 +733,7 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 		} else if (ev.type == PK_WS_EV_PING) {
 			uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 			int n = pk_ws_control(&pc->ws, frame, sizeof(frame), PK_WS_OP_PONG, ev.data,
-					      ev.len);
+			                      ev.len);
 			if (n > 0)
 				pk__cwrite(pc, frame, (size_t)n, NULL, 0, 0);
 		} else if (ev.type == PK_WS_EV_CLOSE || ev.type == PK_WS_EV_ERROR) {
@@ -885,24 +886,24 @@ static int pk__handoff(struct pk__pconn *pc, const struct pk_route *r)
 	memcpy(bytes, head, hl);
 	memcpy(bytes + hl, pc->in, pc->in_len);
 	struct pk_handoff h = {
-		.version = PK_HANDOFF_VERSION,
-		.from_slot = (uint32_t)w->slot,
-		.tunnel_id = r->tunnel_id,
-		.flags = PK_HANDOFF_SET_HOPS(pc->hops + 1) | (pc->https ? PK_HANDOFF_F_TLS : 0),
-		.bytes_len = (uint32_t)(hl + pc->in_len),
+	    .version = PK_HANDOFF_VERSION,
+	    .from_slot = (uint32_t)w->slot,
+	    .tunnel_id = r->tunnel_id,
+	    .flags = PK_HANDOFF_SET_HOPS(pc->hops + 1) | (pc->https ? PK_HANDOFF_F_TLS : 0),
+	    .bytes_len = (uint32_t)(hl + pc->in_len),
 	};
 	snprintf(h.client_addr, sizeof(h.client_addr), "%.63s", pc->client);
-	rc = pk_handoff_send(w->sender_fd, w->run_dir, (int)r->slot, &h, fd, bytes,
-			     hl + pc->in_len);
+	rc =
+	    pk_handoff_send(w->sender_fd, w->run_dir, (int)r->slot, &h, fd, bytes, hl + pc->in_len);
 	free(bytes);
 	if (rc < 0) {
 		pk_log_debug("handoff", "handoff failed", "to_slot=%u error=%s", r->slot,
-			     strerror(-rc));
+		             strerror(-rc));
 		return rc;
 	}
 	pk_counters_worker_add(w->ctr, w->worker_index, PK_CTR_W_HANDOFFS_SENT, 1);
 	pk_log_debug("handoff", "handed off", "to_slot=%u tunnel_id=%llu endpoint=%s", r->slot,
-		     (unsigned long long)r->tunnel_id, pc->endpoint);
+	             (unsigned long long)r->tunnel_id, pc->endpoint);
 	/* The other worker owns the connection now: close our descriptor silently. */
 	pc->resp_done = 1;
 	pk__close(pc);
@@ -920,10 +921,10 @@ static void pk__try_route(struct pk__pconn *pc)
 	size_t eplen = strlen(pc->endpoint);
 
 	int rc = pk_routes_lookup(w->db, pc->endpoint, eplen, now, rows, PK__MAX_CANDIDATES, &n,
-				  &markers);
+	                          &markers);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "route lookup failed", "endpoint=%s error=%s", pc->endpoint,
-			     strerror(-rc));
+		             strerror(-rc));
 		n = 0;
 	}
 	/* Local tunnels first: the hinted one (handoff), else the least loaded of two. */
@@ -961,7 +962,7 @@ static void pk__try_route(struct pk__pconn *pc)
 					continue;
 				uint32_t s = 0;
 				if (pk_counters_tunnel_streams(w->ctr, rows[i].ctr_slot,
-							       rows[i].ctr_tag, &s) < 0)
+				                               rows[i].ctr_tag, &s) < 0)
 					continue;
 				load[m] = s;
 				cand[m++] = rows[i];
@@ -986,7 +987,8 @@ static void pk__try_route(struct pk__pconn *pc)
 			/* That worker is gone: forget its rows and try the others. */
 			for (int i = 0; i < n; i++)
 				if (rows[i].slot == cand[pick].slot)
-					rows[i].slot = (uint32_t)w->slot; /* excluded from here on */
+					rows[i].slot =
+					    (uint32_t)w->slot; /* excluded from here on */
 		}
 	}
 	if (markers > 0 && pc->wait_until_ms < pc->started_ms + w->cfg->grace_period_ms)
@@ -1010,7 +1012,8 @@ static int pk__check_proxy_auth(struct pk__pconn *pc)
 		return 0;
 	const char *a = pk_http1_get_copy(&pc->req, "authorization", authz, sizeof(authz));
 	const char *x = pk_http1_get_copy(&pc->req, "x-piko-authorization", xpiko, sizeof(xpiko));
-	enum pk_jwt_error e = pk_jwt_authenticate(w->proxy_auth, a, x, (int64_t)time(NULL), &claims);
+	enum pk_jwt_error e =
+	    pk_jwt_authenticate(w->proxy_auth, a, x, (int64_t)time(NULL), &claims);
 	if (e != PK_JWT_OK) {
 		pk__fail(pc, e == PK_JWT_INTERNAL_ERROR ? 500 : 401, pk_jwt_error_str(e));
 		return -EACCES;
@@ -1116,8 +1119,8 @@ static void pk__start_exchange(struct pk__pconn *pc, struct pk_tunnel *t)
 	size_t cap = hl + 1024;
 	struct pk_http1_proxy_opts o = {.client_addr = pc->client_ip, .https = pc->https};
 	pc->fwd = malloc(cap);
-	ssize_t n = pc->fwd ? pk_http1_build_proxy_request(&pc->req, &o, (char *)pc->fwd, cap)
-			    : -ENOMEM;
+	ssize_t n =
+	    pc->fwd ? pk_http1_build_proxy_request(&pc->req, &o, (char *)pc->fwd, cap) : -ENOMEM;
 	if (n < 0) {
 		pk__fail(pc, n == -ENOSPC ? 431 : 500, "cannot forward request");
 		return;
@@ -1125,8 +1128,8 @@ static void pk__start_exchange(struct pk__pconn *pc, struct pk_tunnel *t)
 	pc->fwd_len = (size_t)n;
 	pc->fwd_off = 0;
 	pk_http1_parser_reset(&pc->resp);
-	pk_http1_parser_response_to_head(&pc->resp, pk_http1_span_ieq(&pc->req, pc->req.method,
-								       "HEAD"));
+	pk_http1_parser_response_to_head(&pc->resp,
+	                                 pk_http1_span_ieq(&pc->req, pc->req.method, "HEAD"));
 	pk_http1_body_init_from(&pc->reqbody, &pc->req);
 	pc->pending_body = 0;
 	pc->req_body_done = pc->req.upgrade ? 1 : pc->reqbody.done;
@@ -1146,9 +1149,9 @@ static void pk__process_head(struct pk__pconn *pc)
 	}
 	if (pc->parsed == 0 && pc->requests > 0)
 		uv_timer_start(&pc->timer, pk__head_timeout,
-			       pc->w->cfg->proxy_read_header_timeout_ms, 0);
-	int rc = pk_http1_parser_feed(&pc->req, pc->in + pc->parsed, pc->in_len - pc->parsed,
-				      &used);
+		               pc->w->cfg->proxy_read_header_timeout_ms, 0);
+	int rc =
+	    pk_http1_parser_feed(&pc->req, pc->in + pc->parsed, pc->in_len - pc->parsed, &used);
 	if (rc == 0) {
 		pc->parsed = pc->in_len;
 		pk__read_start(pc);
@@ -1158,7 +1161,7 @@ static void pk__process_head(struct pk__pconn *pc)
 	if (rc < 0) {
 		pc->close_after = 1;
 		pk__fail(pc, rc == -EPROTO ? pc->req.error_status : 500,
-			 rc == -EPROTO ? pc->req.error_reason : "internal error");
+		         rc == -EPROTO ? pc->req.error_reason : "internal error");
 		return;
 	}
 	uv_timer_stop(&pc->timer);
@@ -1203,9 +1206,9 @@ static void pk__next_request(struct pk__pconn *pc)
 		return;
 	}
 	uv_timer_start(&pc->timer, pk__head_timeout,
-		       pc->in_len > 0 ? w->cfg->proxy_read_header_timeout_ms
-				      : w->cfg->proxy_idle_timeout_ms,
-		       0);
+	               pc->in_len > 0 ? w->cfg->proxy_read_header_timeout_ms
+	                              : w->cfg->proxy_idle_timeout_ms,
+	               0);
 	pk__process_head(pc);
 }
 
@@ -1256,9 +1259,9 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 static struct pk__pconn *pk__conn_new(struct pk_worker *w)
 {
 	struct pk_http1_limits lim = {
-		.max_head_bytes = w->cfg->proxy_max_header_bytes > PK_HTTP1_MAX_HEAD_CAP
-					  ? PK_HTTP1_MAX_HEAD_CAP
-					  : w->cfg->proxy_max_header_bytes,
+	    .max_head_bytes = w->cfg->proxy_max_header_bytes > PK_HTTP1_MAX_HEAD_CAP
+	                          ? PK_HTTP1_MAX_HEAD_CAP
+	                          : w->cfg->proxy_max_header_bytes,
 	};
 	struct pk__pconn *pc = calloc(1, sizeof(*pc));
 	if (pc == NULL)
@@ -1319,7 +1322,7 @@ static void pk__on_connection(uv_stream_t *l, int status)
 }
 
 int pk_proxy_adopt(struct pk_worker *w, const struct pk_handoff *h, int fd, const char *bytes,
-		   size_t len)
+                   size_t len)
 {
 	struct pk__pconn *pc = pk__conn_new(w);
 	if (pc == NULL)
@@ -1344,7 +1347,7 @@ int pk_proxy_adopt(struct pk_worker *w, const struct pk_handoff *h, int fd, cons
 	pc->hint_tunnel = h->tunnel_id;
 	pk_counters_worker_add(w->ctr, w->worker_index, PK_CTR_W_HANDOFFS_RECEIVED, 1);
 	pk_log_debug("handoff", "adopted", "from_slot=%u tunnel_id=%llu", h->from_slot,
-		     (unsigned long long)h->tunnel_id);
+	             (unsigned long long)h->tunnel_id);
 	uv_timer_start(&pc->timer, pk__head_timeout, w->cfg->proxy_read_header_timeout_ms, 0);
 	pk__process_head(pc);
 	return 0;

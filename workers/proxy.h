@@ -16,7 +16,7 @@ int pk_proxy_listen(struct pk_worker *w, int fd);
  * that worker had read: a complete request head and possibly more). 0 or -errno (the
  * caller then closes fd). */
 int pk_proxy_adopt(struct pk_worker *w, const struct pk_handoff *h, int fd, const char *bytes,
-		   size_t len);
+                   size_t len);
 
 /* Draining: idle kept-alive connections close now, the others after their response. */
 void pk_proxy_drain(struct pk_worker *w);

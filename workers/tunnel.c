@@ -14,13 +14,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PK__LOG                "upstream"
-#define PK__READ_BUF           (64 * 1024)
-#define PK__QUEUE_HIGH         (1024 * 1024) /* bytes queued to the agent before streams wait */
-#define PK__QUEUE_LOW          (256 * 1024)
-#define PK__TICK_MS            5000
-#define PK__PING_INTERVAL_MS   30000 /* as Piko */
-#define PK__PING_TIMEOUT_MS    10000
+#define PK__LOG              "upstream"
+#define PK__READ_BUF         (64 * 1024)
+#define PK__QUEUE_HIGH       (1024 * 1024) /* bytes queued to the agent before streams wait */
+#define PK__QUEUE_LOW        (256 * 1024)
+#define PK__TICK_MS          5000
+#define PK__PING_INTERVAL_MS 30000 /* as Piko */
+#define PK__PING_TIMEOUT_MS  10000
 
 struct pk__tstream {
 	struct pk_tunnel *t;
@@ -122,7 +122,7 @@ static void pk__twrite_done(uv_write_t *req, int status)
 
 /* Queues one WebSocket frame (binary unless given) holding the concatenated iovecs. */
 static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struct iovec *iov,
-			  int iovcnt)
+                          int iovcnt)
 {
 	uint8_t hdr[PK_WS_MAX_HEADER];
 	size_t total = 0;
@@ -187,7 +187,7 @@ static int pk__ys_on_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
 }
 
 static void pk__ys_on_data(struct pk_yamux_session *s, void *ud, uint32_t id, void *user,
-			   const uint8_t *data, size_t len)
+                           const uint8_t *data, size_t len)
 {
 	struct pk__tstream *ts = user;
 	if (ts == NULL || ts->user_gone) {
@@ -205,7 +205,7 @@ static void pk__ys_on_fin(struct pk_yamux_session *s, void *ud, uint32_t id, voi
 }
 
 static void pk__ys_on_window(struct pk_yamux_session *s, void *ud, uint32_t id, void *user,
-			     uint32_t available)
+                             uint32_t available)
 {
 	struct pk__tstream *ts = user;
 	if (ts && !ts->user_gone && !ts->blocked && ts->ops->on_writable)
@@ -249,7 +249,7 @@ static void pk__ys_on_error(struct pk_yamux_session *s, void *ud, int err, const
 {
 	struct pk_tunnel *t = ud;
 	pk_log_warn(PK__LOG, "yamux protocol error from agent", "endpoint=%s reason=%s",
-		    t->endpoint, reason);
+	            t->endpoint, reason);
 }
 
 static uint64_t pk__now_cb(void *ud)
@@ -258,20 +258,20 @@ static uint64_t pk__now_cb(void *ud)
 }
 
 static const struct pk_yamux_callbacks pk__ys_cbs = {
-	.write = pk__ys_write,
-	.on_stream = pk__ys_on_stream,
-	.on_data = pk__ys_on_data,
-	.on_fin = pk__ys_on_fin,
-	.on_window = pk__ys_on_window,
-	.on_free = pk__ys_on_free,
-	.on_goaway = pk__ys_on_goaway,
-	.on_error = pk__ys_on_error,
+    .write = pk__ys_write,
+    .on_stream = pk__ys_on_stream,
+    .on_data = pk__ys_on_data,
+    .on_fin = pk__ys_on_fin,
+    .on_window = pk__ys_on_window,
+    .on_free = pk__ys_on_free,
+    .on_goaway = pk__ys_on_goaway,
+    .on_error = pk__ys_on_error,
 };
 
 /* ---- stream API for the proxy ---- */
 
 int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud,
-			  uint32_t *id)
+                          uint32_t *id)
 {
 	if (!pk_tunnel_usable(t))
 		return -ECONNREFUSED;
@@ -371,7 +371,7 @@ static void pk__tunnel_unroute(struct pk_tunnel *t)
 	int rc = pk_routes_remove(t->w->db, t->endpoint, strlen(t->endpoint), &t->route);
 	if (rc < 0 && rc != -ENOENT)
 		pk_log_error(PK__LOG, "cannot remove route", "endpoint=%s error=%s", t->endpoint,
-			     strerror(-rc));
+		             strerror(-rc));
 	t->route_added = 0;
 }
 
@@ -389,7 +389,7 @@ static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
 	}
 	pk_worker_remove_tunnel(w, t);
 	pk_log_info(PK__LOG, "upstream disconnected", "endpoint=%s tunnel_id=%llu reason=%s",
-		    t->endpoint, (unsigned long long)t->id, reason);
+	            t->endpoint, (unsigned long long)t->id, reason);
 
 	/* Streams learn first (their users answer 502 or close), then the agent gets a
 	 * proper close frame, then FIN. */
@@ -470,7 +470,7 @@ static void pk__feed(struct pk_tunnel *t, uint8_t *buf, size_t len)
 		case PK_WS_EV_PING: {
 			uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 			int n = pk_ws_control(&t->ws, frame, sizeof(frame), PK_WS_OP_PONG, ev.data,
-					      ev.len);
+			                      ev.len);
 			if (n > 0)
 				(void)pk__send_raw(t, frame, (size_t)n);
 			break;
@@ -480,7 +480,7 @@ static void pk__feed(struct pk_tunnel *t, uint8_t *buf, size_t len)
 			return;
 		case PK_WS_EV_ERROR:
 			pk_log_warn(PK__LOG, "websocket error from agent", "endpoint=%s reason=%s",
-				    t->endpoint, ev.reason);
+			            t->endpoint, ev.reason);
 			pk__tunnel_close(t, "websocket protocol error");
 			return;
 		default:
@@ -516,8 +516,8 @@ void pk_tunnel_drain(struct pk_tunnel *t)
 		pk__tunnel_close(t, "worker draining");
 }
 
-int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint,
-		    const char *remote, int64_t token_exp, const void *rest, size_t rest_len)
+int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint, const char *remote,
+                    int64_t token_exp, const void *rest, size_t rest_len)
 {
 	struct pk_yamux_options yo;
 	struct pk_tunnel *t = calloc(1, sizeof(*t));
@@ -570,7 +570,7 @@ int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint,
 	t->last_ping_ms = pk_worker_now_ms();
 	uv_timer_start(&t->timer, pk__tick, 0, 0);
 	pk_log_info(PK__LOG, "upstream registered", "endpoint=%s tunnel_id=%llu remote=%s",
-		    t->endpoint, (unsigned long long)t->id, t->remote);
+	            t->endpoint, (unsigned long long)t->id, t->remote);
 	uv_read_start((uv_stream_t *)tcp, pk__alloc, pk__on_read);
 	if (rest_len > 0) {
 		memcpy(t->rbuf, rest, rest_len);

@@ -38,8 +38,8 @@ struct pk_tstream_ops {
  * after the 101 answer was queued on it. `rest` are bytes read past the request head.
  * endpoint is copied. token_exp: the JWT's expiry (0 = none, or disconnect disabled).
  * Returns 0 or -errno (then the caller still owns tcp and closes it). */
-int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint,
-		    const char *remote, int64_t token_exp, const void *rest, size_t rest_len);
+int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint, const char *remote,
+                    int64_t token_exp, const void *rest, size_t rest_len);
 
 uint64_t pk_tunnel_id(const struct pk_tunnel *t);
 const char *pk_tunnel_endpoint(const struct pk_tunnel *t);
@@ -51,7 +51,7 @@ unsigned pk_tunnel_streams(const struct pk_tunnel *t);
 /* Opens a stream. 0 and *id, or -ECONNREFUSED (tunnel closing), -EBUSY (too many streams:
  * the per-tunnel cap), -ENOSPC, -EPIPE. */
 int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud,
-			  uint32_t *id);
+                          uint32_t *id);
 /* Sends up to len bytes; returns how many were taken (0: wait for on_writable) or -errno. */
 ssize_t pk_tunnel_stream_send(struct pk_tunnel *t, uint32_t id, const void *buf, size_t len);
 int pk_tunnel_stream_consumed(struct pk_tunnel *t, uint32_t id, size_t n);

@@ -20,9 +20,9 @@
 #include <string.h>
 #include <time.h>
 
-#define PK__LOG    "upstream"
-#define PK__PREFIX "/piko/v1/upstream/"
-#define PK__RBUF   (16 * 1024)
+#define PK__LOG      "upstream"
+#define PK__PREFIX   "/piko/v1/upstream/"
+#define PK__RBUF     (16 * 1024)
 #define PK__MAX_HEAD (64 * 1024)
 
 struct pk__uconn {
@@ -81,7 +81,7 @@ static void pk__uconn_fail(struct pk__uconn *u, int status, const char *msg, con
 	uv_read_stop((uv_stream_t *)u->tcp);
 	uv_timer_stop(&u->timer);
 	pk_log_info(PK__LOG, "upstream refused", "remote=%s status=%d error=%s", u->remote, status,
-		    msg);
+	            msg);
 	if (n < 0) {
 		pk__uconn_close(u);
 		return;
@@ -124,9 +124,10 @@ static int pk__check_auth(struct pk__uconn *u, const char *endpoint, int64_t *ex
 	const char *a = pk_http1_get_copy(&u->p, "authorization", authz, sizeof(authz));
 	const char *x = pk_http1_get_copy(&u->p, "x-piko-authorization", xpiko, sizeof(xpiko));
 	enum pk_jwt_error e =
-		pk_jwt_authenticate(w->upstream_auth, a, x, (int64_t)time(NULL), &claims);
+	    pk_jwt_authenticate(w->upstream_auth, a, x, (int64_t)time(NULL), &claims);
 	if (e != PK_JWT_OK) {
-		pk__uconn_fail(u, e == PK_JWT_INTERNAL_ERROR ? 500 : 401, pk_jwt_error_str(e), NULL);
+		pk__uconn_fail(u, e == PK_JWT_INTERNAL_ERROR ? 500 : 401, pk_jwt_error_str(e),
+		               NULL);
 		return -EACCES;
 	}
 	int ok = pk_jwt_endpoint_permitted(&claims, endpoint);
@@ -178,19 +179,19 @@ static void pk__handle_head(struct pk__uconn *u, const uint8_t *rest, size_t res
 		method[p->method.len] = '\0';
 	}
 	struct pk_ws_upgrade_req req = {
-		.method = method,
-		.http_version = p->version_minor == 1 ? "1.1" : "1.0",
-		.upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
-		.connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
-		.key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
-		.version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
+	    .method = method,
+	    .http_version = p->version_minor == 1 ? "1.1" : "1.0",
+	    .upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
+	    .connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
+	    .key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
+	    .version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
 	};
 	const char *why = NULL;
 	int rc = pk_ws_server_check(&req, accept, &why);
 	if (rc < 0) {
 		int status = pk_ws_handshake_status(rc);
 		pk__uconn_fail(u, status, why ? why : "websocket upgrade required",
-			       status == 426 ? PK_WS_VERSION_HEADER : NULL);
+		               status == 426 ? PK_WS_VERSION_HEADER : NULL);
 		return;
 	}
 	uv_write_t *wreq = malloc(sizeof(*wreq) + PK_WS_RESPONSE_MAX);
@@ -212,7 +213,7 @@ static void pk__handle_head(struct pk__uconn *u, const uint8_t *rest, size_t res
 	rc = pk_tunnel_start(w, u->tcp, endpoint, u->remote, exp, rest, rest_len);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "cannot start tunnel", "endpoint=%s error=%s", endpoint,
-			     strerror(-rc));
+		             strerror(-rc));
 		u->tcp->data = u;
 		pk__uconn_close(u);
 		return;
@@ -246,7 +247,7 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		return;
 	if (rc < 0) {
 		pk__uconn_fail(u, rc == -EPROTO ? u->p.error_status : 500,
-			       rc == -EPROTO ? u->p.error_reason : "internal error", NULL);
+		               rc == -EPROTO ? u->p.error_reason : "internal error", NULL);
 		return;
 	}
 	uv_timer_stop(&u->timer);

@@ -61,7 +61,7 @@ int pk_worker_peer_name(uv_tcp_t *tcp, char *buf, size_t len)
 }
 
 int pk_worker_ws_check(const struct pk_http1_parser *p, char accept[PK_WS_ACCEPT_LEN + 1],
-		       const char **why)
+                       const char **why)
 {
 	char method[16] = "", upgrade[128], connection[256], key[64], version[16];
 	if (p->method.len < sizeof(method)) {
@@ -69,12 +69,12 @@ int pk_worker_ws_check(const struct pk_http1_parser *p, char accept[PK_WS_ACCEPT
 		method[p->method.len] = '\0';
 	}
 	struct pk_ws_upgrade_req req = {
-		.method = method,
-		.http_version = p->version_minor == 1 ? "1.1" : "1.0",
-		.upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
-		.connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
-		.key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
-		.version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
+	    .method = method,
+	    .http_version = p->version_minor == 1 ? "1.1" : "1.0",
+	    .upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
+	    .connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
+	    .key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
+	    .version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
 	};
 	return pk_ws_server_check(&req, accept, why);
 }
@@ -146,7 +146,8 @@ static void pk__on_handoff(uv_poll_t *p, int status, int events)
 		}
 		rc = pk_proxy_adopt(w, &h, fd, bytes, len);
 		if (rc < 0) {
-			pk_log_warn("handoff", "cannot adopt connection", "error=%s", strerror(-rc));
+			pk_log_warn("handoff", "cannot adopt connection", "error=%s",
+			            strerror(-rc));
 			close(fd);
 		}
 		free(bytes);
@@ -223,23 +224,23 @@ static void pk__worker_drain(struct pk_child *c, int now)
 /* ---- start-up ---- */
 
 static int pk__make_verifier(const struct pk_auth_config *a, const char *port,
-			     struct pk_jwt_verifier **out)
+                             struct pk_jwt_verifier **out)
 {
 	const char *why = NULL;
 	*out = NULL;
 	if (!a->hmac_secret_key && !a->rsa_public_key && !a->ecdsa_public_key)
 		return 0;
 	struct pk_jwt_config jc = {
-		.hmac_secret_key = a->hmac_secret_key,
-		.rsa_public_key = a->rsa_public_key,
-		.ecdsa_public_key = a->ecdsa_public_key,
-		.audience = a->audience,
-		.issuer = a->issuer,
+	    .hmac_secret_key = a->hmac_secret_key,
+	    .rsa_public_key = a->rsa_public_key,
+	    .ecdsa_public_key = a->ecdsa_public_key,
+	    .audience = a->audience,
+	    .issuer = a->issuer,
 	};
 	int rc = pk_jwt_verifier_new(&jc, out, &why);
 	if (rc < 0)
 		pk_log_error(PK__LOG, "invalid auth configuration", "port=%s error=%s", port,
-			     why ? why : strerror(-rc));
+		             why ? why : strerror(-rc));
 	return rc;
 }
 
@@ -278,7 +279,7 @@ int pk_worker_start(struct pk_child *c)
 		rc = pk_handoff_sender(&w->sender_fd);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "cannot set up the handoff channel", "dir=%s error=%s",
-			     w->run_dir, strerror(-rc));
+		             w->run_dir, strerror(-rc));
 		return rc;
 	}
 	uv_poll_init(w->loop, &w->handoff_poll, w->handoff_fd);

@@ -21,9 +21,10 @@ Test(log, renders_fields_as_json)
 	cr_assert(strstr(buf, "\"level\":\"warn\"") != NULL, "%s", buf);
 	cr_assert(strstr(buf, "\"subsystem\":\"proxy.access\"") != NULL, "%s", buf);
 	cr_assert(strstr(buf, "\"msg\":\"hello \\\"you\\\"\"") != NULL, "%s", buf);
-	cr_assert(strstr(buf, ",\"slot\":3,\"name\":\"a\\\"b\\\\c\\n\",\"big\":18446744073709551615,"
-			      "\"neg\":-7,\"sz\":42}") != NULL,
-		  "%s", buf);
+	cr_assert(strstr(buf,
+	                 ",\"slot\":3,\"name\":\"a\\\"b\\\\c\\n\",\"big\":18446744073709551615,"
+	                 "\"neg\":-7,\"sz\":42}") != NULL,
+	          "%s", buf);
 	cr_assert(strncmp(buf, "{\"ts\":\"", 7) == 0);
 }
 
