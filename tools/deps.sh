@@ -31,6 +31,17 @@ golang-github-gorilla-websocket-dev:file:/usr/share/gocode/src/github.com/gorill
 clang-format:cmd:clang-format
 "
 
+# `deps.sh bench`: what the benchmarks use on top (make bench, make bench-codec).
+if [ "${1:-}" = bench ]; then
+	DEB_PKGS="
+nginx-light:cmd:nginx
+wrk:cmd:wrk
+iperf3:cmd:iperf3
+gnuplot-nox:cmd:gnuplot
+valgrind:cmd:valgrind
+"
+fi
+
 # Fedora/RHEL equivalents, for the dnf path (best effort: same set, other names).
 RPM_PKGS="pkgconf-pkg-config gcc clang make libuv-devel openssl-devel libconfig-devel
 lmdb-devel criterion-devel http-parser-devel libjwt-devel jansson-devel systemd-devel

@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark harness (issue 8): pikod + agent against direct and nginx.
+
+    BUILD=build BENCH_BUILD=build/bench bench/run.py [--quick] [--out DIR]
+
+Paths, all to one nginx origin (1 KiB body at /1k, 204 at /204, access_log off):
+    direct   wrk -> origin
+    pikod    wrk -> pikod proxy port -> yamux over WebSocket -> agent -> origin
+    nginx1   wrk -> nginx proxy_pass -> origin                       (one hop)
+    nginx2   wrk -> nginx -> nginx -> origin                         (two hops: the fair
+                                                                        comparator for
+                                                                        server + agent)
+The load generator runs on core 0 (taskset -c 0), everything under test on core 1. Saturation
+runs are interleaved A B C D A B C D ... so machine noise hits every path alike. Every load
+loop is bounded in count and time and only talks to 127.0.0.0/8.
+
+Figures: saturation throughput (wrk, keep-alive, 64 connections), latency percentiles at a
+fixed rate of half the tunnel's saturation (bench/rate_client.c, open loop), CPU per request
+(/proc/<pid>/stat of every process under test), a latency-vs-rate sweep (gnuplot PNG), RSS
+per idle tunnel (bench/idle_tunnels.c), time for 10,000 agents to re-register after a pikod
+restart, 1 vs 2 workers with Connection: close (handoff cost), TCP throughput (iperf3).
+
+Prints the summary table; writes DIR/summary.md, DIR/raw.json, DIR/latency.dat and
+DIR/latency.png. Environment knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_TUNNELS
+(10000), BENCH_TUNNELS_BIG (100000; 0 skips), BENCH_AGENT (auto|piko|go).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
+BENCH_BUILD = os.path.join(ROOT, os.environ.get("BENCH_BUILD", os.path.join(BUILD, "bench")))
+LOADGEN_CPU = "0"
+SUT_CPU = "1"
+T_START = time.monotonic()
+BUDGET_S = 570  # the whole run must stay under 10 minutes
+HZ = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+ENDPOINT = "bench"
+PATHS = ("direct", "pikod", "nginx1", "nginx2")
+LABELS = {"direct": "direct", "pikod": "pikod + agent", "nginx1": "nginx (1 hop)",
+          "nginx2": "nginx -> nginx (2 hops)"}
+
+procs = []  # every Popen we started, stopped at exit by pid / own process group
+
+
+def log(msg):
+    print("[%5.0fs] %s" % (time.monotonic() - T_START, msg), file=sys.stderr, flush=True)
+
+
+def elapsed():
+    return time.monotonic() - T_START
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(argv, cpu=SUT_CPU, out=None, stdin=subprocess.DEVNULL, stdout=None):
+    """Starts argv pinned to cpu in its own process group; stderr (and stdout) to file out."""
+    f = open(out, "ab") if out else subprocess.DEVNULL
+    p = subprocess.Popen(["taskset", "-c", cpu] + list(argv), stdin=stdin,
+                         stdout=stdout if stdout is not None else f, stderr=f,
+                         start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=30):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    else:
+        try:  # children of a dead leader (pikod workers) must not outlive it
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop_all():
+    for p in reversed(procs):
+        stop(p, signal.SIGKILL, 10)
+
+
+def group_pids(p):
+    """Pids of the process group we started p in (the taskset'd program and its children)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        if int(fields[2]) == p.pid:  # pgrp
+            out.append(int(d))
+    return out
+
+
+def cpu_ticks(pids):
+    t = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        t += int(fields[11]) + int(fields[12])  # utime + stime
+    return t
+
+
+def mem_kib(pids):
+    """Sum over pids of RSS, PSS and anonymous RSS (KiB)."""
+    rss = pss = anon = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k == "Rss":
+                        rss += int(v.split()[0])
+                    elif k == "Pss":
+                        pss += int(v.split()[0])
+                    elif k == "Anonymous":
+                        anon += int(v.split()[0])
+        except OSError:
+            pass
+    return {"rss": rss, "pss": pss, "anon": anon}
+
+
+def wait_http(url, headers=None, timeout=15, want=200):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                body = r.read()
+                if r.status == want:
+                    return body
+                last = r.status
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError("%s not answering %d: %s" % (url, want, last))
+
+
+# ---------------------------------------------------------------- the processes under test
+
+NGINX_COMMON = """worker_processes 1;
+daemon off;
+pid {dir}/nginx-{name}.pid;
+error_log {dir}/nginx-{name}.err warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {dir}/tmp-{name}-cb;
+  proxy_temp_path {dir}/tmp-{name}-pt;
+  fastcgi_temp_path {dir}/tmp-{name}-ft;
+  uwsgi_temp_path {dir}/tmp-{name}-ut;
+  scgi_temp_path {dir}/tmp-{name}-st;
+{body}
+}}
+"""
+
+NGINX_ORIGIN = """  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /1k {{ default_type text/plain; return 200 "{kib}"; }}
+    location = /204 {{ return 204; }}
+  }}"""
+
+# proxy_pass with upstream keep-alive: nginx's best configuration for this job.
+NGINX_PROXY = """  upstream next {{ server 127.0.0.1:{to}; keepalive 128; keepalive_requests 100000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://next;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+
+
+def nginx(d, name, body):
+    conf = os.path.join(d, "nginx-%s.conf" % name)
+    with open(conf, "w") as f:
+        f.write(NGINX_COMMON.format(dir=d, name=name, body=body))
+    return start(["nginx", "-p", d, "-c", conf], out=os.path.join(d, "nginx-%s.out" % name))
+
+
+def pikod(d, name, workers, extra=()):
+    ports = {k: free_port() for k in ("proxy", "upstream", "admin", "cluster")}
+    state = os.path.join(d, "state-" + name)
+    os.makedirs(state, exist_ok=True)
+    argv = [os.path.join(BUILD, "pikod"), "--state-dir", state, "--workers", str(workers),
+            "--grace-period", "2s"]
+    for k, v in ports.items():
+        argv += ["--%s.bind-addr" % k, "127.0.0.1:%d" % v]
+    argv += list(extra)
+    p = start(argv, out=os.path.join(d, "pikod-%s.log" % name))
+    wait_http("http://127.0.0.1:%d/health" % ports["admin"])
+    return p, ports, argv
+
+
+def piko_agent_works():
+    piko = os.path.join(BUILD, "piko")
+    try:
+        r = subprocess.run([piko, "agent", "http", "--help"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def agent(d, name, up_port, origin_port, kind):
+    out = os.path.join(d, "agent-%s.log" % name)
+    if kind == "piko":
+        argv = [os.path.join(BUILD, "piko"), "agent", "http", ENDPOINT, str(origin_port),
+                "--connect.url", "http://127.0.0.1:%d" % up_port]
+    else:
+        argv = [os.path.join(BUILD, "interop", "go-agent"), "--url",
+                "http://127.0.0.1:%d" % up_port, "--endpoint", ENDPOINT, "--forward",
+                "127.0.0.1:%d" % origin_port]
+    return start(argv, out=out)
+
+
+# ---------------------------------------------------------------- load generators
+
+def wrk(url, seconds, conns=64, headers=()):
+    argv = ["taskset", "-c", LOADGEN_CPU, "wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds,
+            "--timeout", "5s"]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    n = int(m.group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    serr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in serr.groups()) if serr else 0)
+    return {"requests": n, "rps": rps, "errors": errors, "cmd": " ".join(argv)}
+
+
+def rate_client(addr, path, rate, seconds, headers=()):
+    argv = ["taskset", "-c", LOADGEN_CPU, os.path.join(BENCH_BUILD, "rate_client"), "--addr",
+            addr, "--path", path, "--rate", "%d" % rate, "--duration", "%g" % seconds,
+            "--conns", "64", "--timeout", "3"]
+    for h in headers:
+        argv += ["--header", h]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    res = dict(kv.split("=", 1) for kv in out.split())
+    res = {k: float(v) for k, v in res.items()}
+    res["cmd"] = " ".join(argv)
+    return res
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+# ---------------------------------------------------------------- the run
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def ver(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "n/a"
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "gcc": ver(["gcc", "--version"]), "nginx": ver(["nginx", "-v"]),
+            "wrk": ver(["wrk", "-v"]), "iperf3": ver(["iperf3", "--version"]),
+            "pikod": ver([os.path.join(BUILD, "pikod"), "--version"])}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(BENCH_BUILD, "out"))
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke run")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else int(os.environ.get("BENCH_ROUNDS", "5"))
+    secs = 3 if args.quick else int(os.environ.get("BENCH_SECONDS", "8"))
+    n_idle = int(os.environ.get("BENCH_TUNNELS", "10000"))
+    n_big = int(os.environ.get("BENCH_TUNNELS_BIG", "0" if args.quick else "100000"))
+    os.makedirs(args.out, exist_ok=True)
+
+    # Idle tunnels need an fd each on both sides.
+    want = max(n_idle, n_big) + 10000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+        except (ValueError, OSError) as e:
+            log("cannot raise RLIMIT_NOFILE to %d (%s): big idle run skipped" % (want, e))
+            n_big = 0
+
+    d = tempfile.mkdtemp(prefix="pikod-bench-")
+    R = {"machine": machine(), "rounds": rounds, "seconds": secs, "shared_machine": True}
+    try:
+        run(d, args, R, rounds, secs, n_idle, n_big)
+    finally:
+        stop_all()
+        with open(os.path.join(args.out, "raw.json"), "w") as f:
+            json.dump(R, f, indent=1)
+        shutil.rmtree(d, ignore_errors=True)
+    report(R, args.out)
+
+
+def run(d, args, R, rounds, secs, n_idle, n_big):
+    kib = "x" * 1024
+    ports = {k: free_port() for k in ("origin", "nginx1", "nginx2a", "nginx2b")}
+    origin = nginx(d, "origin", NGINX_ORIGIN.format(port=ports["origin"], kib=kib))
+    n1 = nginx(d, "nginx1", NGINX_PROXY.format(port=ports["nginx1"], to=ports["origin"]))
+    n2b = nginx(d, "nginx2b", NGINX_PROXY.format(port=ports["nginx2b"], to=ports["origin"]))
+    n2a = nginx(d, "nginx2a", NGINX_PROXY.format(port=ports["nginx2a"], to=ports["nginx2b"]))
+
+    kind = os.environ.get("BENCH_AGENT", "auto")
+    if kind == "auto":
+        kind = "piko" if piko_agent_works() else "go"
+    R["agent"] = {"piko": "build/piko agent http", "go": "interop/go-agent (Go stand-in: "
+                  "hashicorp/yamux + gorilla/websocket, one TCP connection to the origin "
+                  "per stream)"}[kind]
+    pk, pk_ports, pk_argv = pikod(d, "w1", 1, ["--proxy.access-log.disable"])
+    ag = agent(d, "w1", pk_ports["upstream"], ports["origin"], kind)
+    R["pikod_cmd"] = " ".join(pk_argv)
+
+    url = {"direct": "http://127.0.0.1:%d" % ports["origin"],
+           "pikod": "http://127.0.0.1:%d" % pk_ports["proxy"],
+           "nginx1": "http://127.0.0.1:%d" % ports["nginx1"],
+           "nginx2": "http://127.0.0.1:%d" % ports["nginx2a"]}
+    hdr = ["x-piko-endpoint: " + ENDPOINT]  # sent on every path, so requests are alike
+    for p in PATHS:
+        body = wait_http(url[p] + "/1k", {"x-piko-endpoint": ENDPOINT}, timeout=20)
+        assert len(body) == 1024, (p, len(body))
+    log("all paths answer; agent: %s" % kind)
+
+    # Processes whose CPU each path costs (the origin is counted apart: every path has it).
+    under = {"direct": {}, "pikod": {"pikod": [pk], "agent": [ag]},
+             "nginx1": {"nginx": [n1]}, "nginx2": {"nginx-a": [n2a], "nginx-b": [n2b]}}
+
+    def pids_of(ps):
+        return [pid for p in ps for pid in group_pids(p)]
+
+    # ---- saturation, interleaved rounds
+    sat = {p: [] for p in PATHS}
+    for r in range(rounds):
+        order = PATHS if r % 2 == 0 else tuple(reversed(PATHS))
+        for p in order:
+            groups = {k: pids_of(v) for k, v in under[p].items()}
+            groups["origin"] = pids_of([origin])
+            c0 = {k: cpu_ticks(v) for k, v in groups.items()}
+            w = wrk(url[p] + "/1k", secs, headers=hdr)
+            n = max(w["requests"], 1)
+            w["cpu_split"] = {k: (cpu_ticks(v) - c0[k]) / HZ * 1e6 / n for k, v in groups.items()}
+            w["cpu_us_per_req"] = sum(v for k, v in w["cpu_split"].items() if k != "origin")
+            sat[p].append(w)
+            log("round %d %-7s %8.0f req/s  cpu %.1f us/req  errors %d" % (
+                r + 1, p, w["rps"], w["cpu_us_per_req"], w["errors"]))
+    R["saturation_1k"] = sat
+
+    sat204 = {p: [] for p in PATHS}
+    for r in range(max(1, rounds // 2)):
+        for p in PATHS:
+            sat204[p].append(wrk(url[p] + "/204", max(3, secs // 2), headers=hdr))
+    R["saturation_204"] = sat204
+    log("204: " + "  ".join("%s %.0f" % (p, med([x["rps"] for x in sat204[p]])) for p in PATHS))
+
+    # ---- latency at a fixed rate: half of the tunnel's saturation
+    tun_sat = med([x["rps"] for x in sat["pikod"]])
+    rate = max(100, int(tun_sat / 2))
+    R["fixed_rate"] = rate
+    lat = {p: [] for p in PATHS}
+    for r in range(3 if not args.quick else 1):
+        for p in PATHS:
+            res = rate_client(url[p][7:], "/1k", rate, 5 if not args.quick else 2, hdr)
+            lat[p].append(res)
+            log("fixed %d/s %-7s p50 %.0f p99 %.0f p99.9 %.0f us (errors %d, timeouts %d)" % (
+                rate, p, res["p50_us"], res["p99_us"], res["p999_us"], res["errors"],
+                res["timeouts"]))
+    R["latency_fixed"] = lat
+
+    # ---- latency vs rate (one pass, for the plot): fractions of each path's saturation
+    sweep = {p: [] for p in PATHS}
+    fracs = (0.1, 0.3, 0.5, 0.7, 0.9)
+    for f in fracs:
+        for p in PATHS:
+            top = med([x["rps"] for x in sat[p]])
+            rr = max(100, int(top * f))
+            res = rate_client(url[p][7:], "/1k", rr, 3 if not args.quick else 1, hdr)
+            sweep[p].append(res)
+    R["sweep"] = sweep
+    with open(os.path.join(args.out, "latency.dat"), "w") as f:
+        for p in PATHS:
+            f.write("# %s\n" % p)
+            for res in sweep[p]:
+                f.write("%d %.1f %.1f %.1f\n" % (res["target_rate"], res["p50_us"],
+                                                  res["p99_us"], res["p999_us"]))
+            f.write("\n\n")
+    log("sweep done")
+
+    # ---- handoff: 1 worker vs 2 workers, every request on a new connection
+    handoff(d, R, ports["origin"], kind, rounds, secs, args.quick)
+
+    # ---- TCP endpoint (iperf3)
+    iperf(d, R, args.quick)
+
+    # ---- idle tunnels and re-registration (a pikod of its own)
+    stop(ag)
+    stop(pk)
+    idle(d, R, n_idle, n_big)
+
+
+def handoff(d, R, origin_port, kind, rounds, secs, quick):
+    # The access log is on here (both instances alike): its "handoffs" field tells how
+    # many requests were handed off.
+    inst = {}
+    for w in (1, 2):
+        p, pp, argv = pikod(d, "h%d" % w, w)
+        a = agent(d, "h%d" % w, pp["upstream"], origin_port, kind)
+        wait_http("http://127.0.0.1:%d/1k" % pp["proxy"], {"x-piko-endpoint": ENDPOINT}, 20)
+        inst[w] = (p, pp, a, argv)
+    hdr = ["x-piko-endpoint: " + ENDPOINT, "Connection: close"]
+    res = {1: [], 2: []}
+    res_ka = {1: [], 2: []}
+    n = max(1, min(3, rounds))
+    s = max(3, secs // 2)
+    for _ in range(n):
+        for w in (1, 2):
+            u = "http://127.0.0.1:%d/1k" % inst[w][1]["proxy"]
+            res[w].append(wrk(u, s, headers=hdr))
+    for w in (1, 2):
+        u = "http://127.0.0.1:%d/1k" % inst[w][1]["proxy"]
+        res_ka[w].append(wrk(u, s, headers=hdr[:1]))
+    handed = total = 0
+    with open(os.path.join(d, "pikod-h2.log"), "rb") as f:
+        for line in f:
+            if b'"proxy.access"' in line:
+                total += 1
+                if b'"handoffs":0' not in line:
+                    handed += 1
+    R["handoff"] = {"close": res, "keepalive": res_ka, "handed_off": handed,
+                    "requests_logged": total,
+                    "cmd_1": " ".join(inst[1][3]), "cmd_2": " ".join(inst[2][3])}
+    log("handoff: 1w %.0f  2w %.0f req/s (Connection: close), %d/%d handed off" % (
+        med([x["rps"] for x in res[1]]), med([x["rps"] for x in res[2]]), handed, total))
+    for w in (1, 2):
+        stop(inst[w][2])
+        stop(inst[w][0])
+
+
+def iperf(d, R, quick):
+    port = free_port()
+    srv = start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
+                out=os.path.join(d, "iperf3.log"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    argv = ["taskset", "-c", LOADGEN_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
+            "2" if quick else "5", "-J"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    try:
+        bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+    except (ValueError, KeyError):
+        bps = float("nan")
+    R["iperf_direct"] = {"bps": bps, "cmd": " ".join(argv)}
+    # The tunnel figure needs a client-side forwarder (`piko forward tcp`).
+    piko = os.path.join(BUILD, "piko")
+    r = subprocess.run([piko, "forward", "tcp", "--help"], capture_output=True, timeout=10)
+    R["iperf_tunnel"] = None if r.returncode != 0 else "forwarder present: not wired yet"
+    log("iperf3 direct %.1f Gbit/s; tunnel: %s" % (bps / 1e9, "pending (no piko forward tcp)"
+                                                    if r.returncode != 0 else "n/a"))
+    stop(srv)
+
+
+class Idle:
+    """bench/idle_tunnels as a child we talk to over its stdin/stdout."""
+
+    def __init__(self, port, n, out):
+        argv = [os.path.join(BENCH_BUILD, "idle_tunnels"), "--port", str(port), "-n", str(n),
+                "--max-seconds", "240"]
+        self.p = start(argv, cpu=LOADGEN_CPU, out=out, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE)
+
+    def wait(self, what, timeout):
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.p.stdout.fileno(), False)
+        buf = b""
+        while time.monotonic() < deadline:
+            chunk = self.p.stdout.read()
+            if chunk:
+                buf += chunk
+                for line in buf.decode().splitlines():
+                    if line.startswith(what):
+                        return int(re.search(r"mono_ns=(\d+)", line).group(1))
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.01)
+        return None
+
+    def cmd(self, c):
+        self.p.stdin.write((c + "\n").encode())
+        self.p.stdin.flush()
+
+
+def idle(d, R, n_idle, n_big):
+    """Memory per idle tunnel (fresh pikod per size), then re-registration after a restart."""
+    res = {}
+    for n in (n_idle, n_big):
+        if n <= 0:
+            continue
+        if n == n_big and elapsed() > BUDGET_S - 120:
+            log("skipping %d idle tunnels: time budget" % n)
+            res[str(n)] = {"error": "skipped: time budget"}
+            continue
+        p, pp, argv = pikod(d, "idle%d" % n, 1)
+        R["idle_cmd"] = " ".join(argv)
+        time.sleep(1)  # let the children settle before the baseline
+        entry = {"baseline_kib": mem_kib(group_pids(p))}
+        t = Idle(pp["upstream"], n, os.path.join(d, "idle-%d.err" % n))
+        t0 = time.monotonic_ns()
+        up = t.wait("all_open", 150)
+        if up is None:
+            log("idle %d: not all registered in time" % n)
+            res[str(n)] = {"error": "not all registered within 150 s"}
+            t.cmd("exit")
+            stop(t.p)
+            stop(p)
+            continue
+        entry["register_s"] = (up - t0) / 1e9
+        time.sleep(2)
+        entry["open_kib"] = mem_kib(group_pids(p))
+        t.cmd("close")
+        t.wait("closed", 30)
+        time.sleep(3)  # pikod notices each disconnect from its loop
+        entry["closed_kib"] = mem_kib(group_pids(p))
+        t.cmd("exit")
+        stop(t.p)
+        if n == n_idle:
+            # n agents registered, then pikod restarts: time until all are back.
+            t = Idle(pp["upstream"], n, os.path.join(d, "idle-%d-restart.err" % n))
+            if t.wait("all_open", 150) is not None:
+                stop(p, signal.SIGTERM, 30)
+                t_restart = time.monotonic_ns()
+                p = start(argv, out=os.path.join(d, "pikod-idle.log"))
+                back = t.wait("all_open", 60)
+                entry["reregister_s"] = None if back is None else (back - t_restart) / 1e9
+                log("idle %d: re-registered in %s s after restart" % (n, entry["reregister_s"]))
+            t.cmd("exit")
+            stop(t.p)
+        stop(p)
+        res[str(n)] = entry
+        log("idle %d: registered in %.2f s, rss %+.0f KiB total" % (
+            n, entry["register_s"], entry["open_kib"]["rss"] - entry["baseline_kib"]["rss"]))
+    R["idle"] = res
+
+
+# ---------------------------------------------------------------- reporting
+
+def report(R, out):
+    lines = []
+
+    def row(*cells):
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+
+    sat = R.get("saturation_1k")
+    if sat:
+        m = {p: med([x["rps"] for x in sat[p]]) for p in PATHS}
+        cpu = {p: med([x["cpu_us_per_req"] for x in sat[p]]) for p in PATHS}
+        lines.append("Saturation, 1 KiB body (wrk -t1 -c64, %d interleaved rounds of %d s, "
+                     "median; agent: %s)" % (R["rounds"], R["seconds"], R.get("agent")))
+        lines.append("")
+        row("path", "req/s", "min..max", "vs direct", "vs nginx->nginx",
+            "CPU us/req (proxy processes)", "CPU vs nginx->nginx", "split (us/req)")
+        row(*["---"] * 8)
+        for p in PATHS:
+            xs = [x["rps"] for x in sat[p]]
+            split = ", ".join("%s %.1f" % (k, med([x["cpu_split"][k] for x in sat[p]]))
+                              for k in sat[p][0]["cpu_split"])
+            row(LABELS[p], "%.0f" % m[p], "%.0f..%.0f" % (min(xs), max(xs)),
+                "%.2f" % (m[p] / m["direct"]), "%.2f" % (m[p] / m["nginx2"]),
+                "%.1f" % cpu[p] if p != "direct" else "-",
+                "%.2f" % (cpu[p] / cpu["nginx2"]) if p != "direct" else "-", split)
+        lines.append("")
+    s204 = R.get("saturation_204")
+    if s204:
+        m = {p: med([x["rps"] for x in s204[p]]) for p in PATHS}
+        lines.append("Saturation, 204: " + ", ".join(
+            "%s %.0f (%.2f x nginx2)" % (p, m[p], m[p] / m["nginx2"]) for p in PATHS))
+        lines.append("")
+    lat = R.get("latency_fixed")
+    if lat:
+        lines.append("Latency at %d req/s (half the tunnel's saturation), open loop, "
+                     "64 connections, median of rounds, microseconds" % R["fixed_rate"])
+        lines.append("")
+        row("path", "p50", "p99", "p99.9", "p99 vs nginx->nginx", "errors+timeouts")
+        row(*["---"] * 6)
+        p99n = med([x["p99_us"] for x in lat["nginx2"]])
+        for p in PATHS:
+            q = {k: med([x[k] for x in lat[p]]) for k in ("p50_us", "p99_us", "p999_us")}
+            bad = sum(x["errors"] + x["timeouts"] for x in lat[p])
+            row(LABELS[p], "%.0f" % q["p50_us"], "%.0f" % q["p99_us"], "%.0f" % q["p999_us"],
+                "%.2f" % (q["p99_us"] / p99n), "%d" % bad)
+        lines.append("")
+    h = R.get("handoff")
+    if h:
+        a = med([x["rps"] for x in h["close"][1]])
+        b = med([x["rps"] for x in h["close"][2]])
+        ka1 = med([x["rps"] for x in h["keepalive"][1]])
+        ka2 = med([x["rps"] for x in h["keepalive"][2]])
+        frac = h["handed_off"] / h["requests_logged"] if h["requests_logged"] else float("nan")
+        lines.append("Handoff (Connection: close, a new connection per request, access log on): "
+                     "1 worker %.0f req/s, 2 workers %.0f req/s = %.2f x (%.0f %% of the "
+                     "2-worker requests handed off); keep-alive: 1w %.0f, 2w %.0f (%.2f x)" % (
+                         a, b, b / a, 100 * frac, ka1, ka2, ka2 / ka1))
+        lines.append("")
+    ip = R.get("iperf_direct")
+    if ip:
+        lines.append("iperf3 direct loopback %.2f Gbit/s; through a TCP endpoint: %s" % (
+            ip["bps"] / 1e9, R.get("iperf_tunnel") or "pending (needs `piko forward tcp`)"))
+        lines.append("")
+    idl = R.get("idle")
+    if idl:
+        for k, e in idl.items():
+            n = int(k)
+            if "error" in e:
+                lines.append("Idle %d: %s" % (n, e["error"]))
+                continue
+            b, o, c = e["baseline_kib"], e["open_kib"], e["closed_kib"]
+            lines.append(
+                "Idle tunnels %d: registered in %.2f s; pikod per tunnel: RSS %.1f KiB, "
+                "PSS %.1f KiB, anon %.1f KiB; after disconnect: RSS %+.0f KiB vs baseline "
+                "(anon %+.0f KiB)%s" % (
+                    n, e["register_s"], (o["rss"] - b["rss"]) / n, (o["pss"] - b["pss"]) / n,
+                    (o["anon"] - b["anon"]) / n, c["rss"] - b["rss"], c["anon"] - b["anon"],
+                    "; re-registered %.2f s after a restart" % e["reregister_s"]
+                    if e.get("reregister_s") else ""))
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    plot(out)
+
+
+def plot(out):
+    dat = os.path.join(out, "latency.dat")
+    if not os.path.exists(dat) or not shutil.which("gnuplot"):
+        return
+    gp = """set terminal pngcairo size 1000,620 font "sans,11"
+set output "{png}"
+set title "Latency vs offered rate, 1 KiB responses (open loop, 64 connections; shared 2-core machine)"
+set xlabel "offered rate (requests/s)"
+set ylabel "latency (microseconds)"
+set logscale y
+set logscale x
+set grid
+set key outside right top
+plot for [i=0:3] "{dat}" index i using 1:3 with linespoints lw 2 pt 7 lc i+1 title word("{titles}", i+1)." p99", \\
+     for [i=0:3] "{dat}" index i using 1:2 with linespoints dt 2 pt 6 lc i+1 title word("{titles}", i+1)." p50"
+""".format(png=os.path.join(out, "latency.png"), dat=dat,
+           titles="direct pikod+agent nginx(1-hop) nginx->nginx")
+    subprocess.run(["gnuplot"], input=gp, text=True, check=False, timeout=60)
+
+
+if __name__ == "__main__":
+    def on_term(signum, frame):
+        stop_all()
+        sys.exit(1)
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(1)
