@@ -55,8 +55,12 @@ struct pk_tunnel {
 	uint32_t ping_seq;
 	struct pk__tstream *blocked;
 	struct pk_tunnel *hnext;
-	uint8_t rbuf[PK__READ_BUF];
 };
+
+/* One read buffer for every tunnel of the worker: what is read is decoded and handed on
+ * inside the read callback, so nothing stays in it between reads, and an idle tunnel costs
+ * no buffer at all. */
+static uint8_t pk__rbuf[PK__READ_BUF];
 
 struct pk__twrite {
 	uv_write_t req;
@@ -491,8 +495,7 @@ static void pk__feed(struct pk_tunnel *t, uint8_t *buf, size_t len)
 
 static void pk__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
-	struct pk_tunnel *t = h->data;
-	*b = uv_buf_init((char *)t->rbuf, sizeof(t->rbuf));
+	*b = uv_buf_init((char *)pk__rbuf, sizeof(pk__rbuf));
 }
 
 static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -503,7 +506,7 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		return;
 	}
 	if (n > 0)
-		pk__feed(t, t->rbuf, (size_t)n);
+		pk__feed(t, pk__rbuf, (size_t)n);
 }
 
 void pk_tunnel_drain(struct pk_tunnel *t)
@@ -525,7 +528,7 @@ int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint, co
 
 	if (t == NULL)
 		return -ENOMEM;
-	if (rest_len > sizeof(t->rbuf)) {
+	if (rest_len > sizeof(pk__rbuf)) {
 		free(t);
 		return -E2BIG;
 	}
@@ -573,8 +576,8 @@ int pk_tunnel_start(struct pk_worker *w, uv_tcp_t *tcp, const char *endpoint, co
 	            t->endpoint, (unsigned long long)t->id, t->remote);
 	uv_read_start((uv_stream_t *)tcp, pk__alloc, pk__on_read);
 	if (rest_len > 0) {
-		memcpy(t->rbuf, rest, rest_len);
-		pk__feed(t, t->rbuf, rest_len);
+		memcpy(pk__rbuf, rest, rest_len);
+		pk__feed(t, pk__rbuf, rest_len);
 	}
 	return 0;
 
