@@ -23,6 +23,7 @@
 #include "workers/upstream.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,7 @@ void pk_worker_add_tunnel(struct pk_worker *w, struct pk_tunnel *t)
 
 void pk_worker_remove_tunnel(struct pk_worker *w, struct pk_tunnel *t)
 {
+	w->tunnels_closed++;
 	unsigned b = pk__bucket(pk_tunnel_id(t));
 	for (struct pk__tunnel_entry **pp = &pk__buckets[b]; *pp; pp = &(*pp)->next) {
 		if ((*pp)->t == t) {
@@ -125,6 +127,17 @@ struct pk_tunnel *pk_worker_find_tunnel(struct pk_worker *w, uint64_t id)
 		if (pk_tunnel_id(e->t) == id)
 			return e->t;
 	return NULL;
+}
+
+/* After many tunnels closed (agents moving away, a burst of disconnects) hand the freed
+ * heap back to the system, so memory follows the tunnels held now, not the peak. */
+static void pk__trim(uv_timer_t *timer)
+{
+	struct pk_worker *w = timer->data;
+	if (w->tunnels_closed >= 256) {
+		w->tunnels_closed = 0;
+		malloc_trim(0);
+	}
 }
 
 /* ---- handoffs in ---- */
@@ -282,6 +295,10 @@ int pk_worker_start(struct pk_child *c)
 		             w->run_dir, strerror(-rc));
 		return rc;
 	}
+	uv_timer_init(w->loop, &w->trim_timer);
+	w->trim_timer.data = w;
+	uv_timer_start(&w->trim_timer, pk__trim, 2000, 2000);
+	uv_unref((uv_handle_t *)&w->trim_timer);
 	uv_poll_init(w->loop, &w->handoff_poll, w->handoff_fd);
 	w->handoff_poll.data = w;
 	uv_poll_start(&w->handoff_poll, UV_READABLE, pk__on_handoff);
