@@ -41,3 +41,11 @@ tests/interop/node/node_modules/.installed: tests/interop/node/package.json \
 
 .PHONY: interop
 interop: $(INTEROP_TARGETS)
+
+# go-pikoserver: a stand-in for a stock Piko server's upstream port (token check answering
+# 401 JSON, forced statuses, streams opened towards the agent); used by test_piko.py.
+INTEROP_TARGETS += $(BUILD)/interop/go-pikoserver
+
+$(BUILD)/interop/go-pikoserver: $(INTEROP_GO_SRCS) | $(INTEROP_GOPATH)/src/pikointerop
+	cd $(INTEROP_GOPATH)/src/pikointerop && $(INTEROP_GOENV) go build -o $(abspath $@) \
+		pikointerop/pikoserver
