@@ -55,6 +55,9 @@ struct pk_tunnel {
 	uint32_t ping_seq;
 	struct pk__tstream *blocked;
 	struct pk_tunnel *hnext;
+	struct pk__twrite *batch; /* frames not yet handed to uv_write */
+	struct pk_tunnel *fnext, *fprev;
+	int in_flush_list;
 };
 
 /* One read buffer for every tunnel of the worker: what is read is decoded and handed on
@@ -62,12 +65,21 @@ struct pk_tunnel {
  * no buffer at all. */
 static uint8_t pk__rbuf[PK__READ_BUF];
 
+/* Frames for one agent are gathered during a loop turn and written with one uv_write just
+ * before the loop polls again (a uv_prepare handle), so a burst of yamux frames costs one
+ * system call instead of one each. */
 struct pk__twrite {
 	uv_write_t req;
 	struct pk_tunnel *t;
-	size_t len;
+	size_t len, cap;
 	uint8_t data[];
 };
+
+#define PK__BATCH_MIN (16 * 1024)
+
+static struct pk_tunnel *pk__flush_list;
+static uv_prepare_t pk__flush_prepare;
+static int pk__flush_ready;
 
 static void pk__tunnel_close(struct pk_tunnel *t, const char *reason);
 static void pk__tick(uv_timer_t *timer);
@@ -124,6 +136,74 @@ static void pk__twrite_done(uv_write_t *req, int status)
 		pk__notify_writable(t);
 }
 
+static void pk__flush(struct pk_tunnel *t)
+{
+	struct pk__twrite *wr = t->batch;
+	if (wr == NULL)
+		return;
+	t->batch = NULL;
+	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)wr->len);
+	if (uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done) < 0) {
+		t->queued -= wr->len;
+		free(wr);
+	}
+}
+
+static void pk__unlist(struct pk_tunnel *t)
+{
+	if (!t->in_flush_list)
+		return;
+	if (t->fprev)
+		t->fprev->fnext = t->fnext;
+	else
+		pk__flush_list = t->fnext;
+	if (t->fnext)
+		t->fnext->fprev = t->fprev;
+	t->fnext = t->fprev = NULL;
+	t->in_flush_list = 0;
+}
+
+static void pk__flush_all(uv_prepare_t *h)
+{
+	while (pk__flush_list) {
+		struct pk_tunnel *t = pk__flush_list;
+		pk__unlist(t);
+		pk__flush(t);
+	}
+	uv_prepare_stop(h);
+}
+
+/* Room for n more bytes in the tunnel's batch (a new batch when it is full). */
+static uint8_t *pk__reserve(struct pk_tunnel *t, size_t n)
+{
+	if (t->batch && t->batch->cap - t->batch->len >= n)
+		return t->batch->data + t->batch->len;
+	pk__flush(t);
+	size_t cap = n > PK__BATCH_MIN ? n : PK__BATCH_MIN;
+	struct pk__twrite *wr = malloc(sizeof(*wr) + cap);
+	if (wr == NULL)
+		return NULL;
+	wr->t = t;
+	wr->len = 0;
+	wr->cap = cap;
+	t->batch = wr;
+	if (!t->in_flush_list) {
+		if (!pk__flush_ready) {
+			uv_prepare_init(t->w->loop, &pk__flush_prepare);
+			uv_unref((uv_handle_t *)&pk__flush_prepare);
+			pk__flush_ready = 1;
+		}
+		t->fnext = pk__flush_list;
+		t->fprev = NULL;
+		if (pk__flush_list)
+			pk__flush_list->fprev = t;
+		pk__flush_list = t;
+		t->in_flush_list = 1;
+		uv_prepare_start(&pk__flush_prepare, pk__flush_all);
+	}
+	return wr->data;
+}
+
 /* Queues one WebSocket frame (binary unless given) holding the concatenated iovecs. */
 static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struct iovec *iov,
                           int iovcnt)
@@ -135,41 +215,27 @@ static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struc
 	int hlen = pk_ws_header(&t->ws, hdr, op, true, total, NULL);
 	if (hlen < 0)
 		return hlen;
-	struct pk__twrite *wr = malloc(sizeof(*wr) + (size_t)hlen + total);
-	if (wr == NULL)
+	uint8_t *p = pk__reserve(t, (size_t)hlen + total);
+	if (p == NULL)
 		return -ENOMEM;
-	memcpy(wr->data, hdr, (size_t)hlen);
+	memcpy(p, hdr, (size_t)hlen);
 	size_t off = (size_t)hlen;
 	for (int i = 0; i < iovcnt; i++) {
-		memcpy(wr->data + off, iov[i].iov_base, iov[i].iov_len);
+		memcpy(p + off, iov[i].iov_base, iov[i].iov_len);
 		off += iov[i].iov_len;
 	}
-	wr->t = t;
-	wr->len = off;
-	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)off);
-	int rc = uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done);
-	if (rc < 0) {
-		free(wr);
-		return rc;
-	}
+	t->batch->len += off;
 	t->queued += off;
 	return 0;
 }
 
 static int pk__send_raw(struct pk_tunnel *t, const uint8_t *frame, size_t len)
 {
-	struct pk__twrite *wr = malloc(sizeof(*wr) + len);
-	if (wr == NULL)
+	uint8_t *p = pk__reserve(t, len);
+	if (p == NULL)
 		return -ENOMEM;
-	memcpy(wr->data, frame, len);
-	wr->t = t;
-	wr->len = len;
-	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)len);
-	int rc = uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done);
-	if (rc < 0) {
-		free(wr);
-		return rc;
-	}
+	memcpy(p, frame, len);
+	t->batch->len += len;
 	t->queued += len;
 	return 0;
 }
@@ -406,6 +472,8 @@ static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
 	if (n > 0)
 		(void)pk__send_raw(t, frame, (size_t)n);
 	t->close_sent = 1;
+	pk__unlist(t);
+	pk__flush(t); /* before the FIN below */
 	uv_timer_stop(&t->timer);
 	uv_close((uv_handle_t *)&t->timer, pk__tunnel_handle_closed);
 	uv_read_stop((uv_stream_t *)t->tcp);

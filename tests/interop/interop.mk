@@ -39,8 +39,6 @@ tests/interop/node/node_modules/.installed: tests/interop/node/package.json \
 	cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-.PHONY: interop
-interop: $(INTEROP_TARGETS)
 
 # go-pikoserver: a stand-in for a stock Piko server's upstream port (token check answering
 # 401 JSON, forced statuses, streams opened towards the agent); used by test_piko.py.
@@ -49,3 +47,7 @@ INTEROP_TARGETS += $(BUILD)/interop/go-pikoserver
 $(BUILD)/interop/go-pikoserver: $(INTEROP_GO_SRCS) | $(INTEROP_GOPATH)/src/pikointerop
 	cd $(INTEROP_GOPATH)/src/pikointerop && $(INTEROP_GOENV) go build -o $(abspath $@) \
 		pikointerop/pikoserver
+
+# Last, so it sees every target appended above.
+.PHONY: interop
+interop: $(INTEROP_TARGETS)
