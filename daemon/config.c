@@ -1537,3 +1537,16 @@ void pk_config_usage(FILE *out)
 		pk__usage_line(out, opt, k->help, k->def);
 	}
 }
+
+const char *pk_config_unsupported(const struct pk_config *cfg)
+{
+	if (cfg->proxy.tls.cert)
+		return "proxy.tls.cert";
+	if (cfg->upstream.tls.cert)
+		return "upstream.tls.cert";
+	if (cfg->admin.tls.cert)
+		return "admin.tls.cert";
+	if (cfg->cluster.tls.cert)
+		return "cluster.tls.cert";
+	return NULL;
+}

@@ -73,6 +73,15 @@ int main(int argc, char **argv)
 		pk_config_free(&cfg);
 		return 2;
 	}
+	const char *unsupported = pk_config_unsupported(&cfg);
+	if (unsupported) {
+		fprintf(stderr,
+			"pikod: %s: TLS listeners are not implemented in this version; terminate TLS "
+			"in front of pikod (docs/security.md)\n",
+			unsupported);
+		pk_config_free(&cfg);
+		return 2;
+	}
 	if (flags.check) {
 		printf("pikod: configuration ok%s%s\n", cfg.config_file ? ": " : "",
 		       cfg.config_file ? cfg.config_file : "");

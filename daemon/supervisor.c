@@ -761,6 +761,14 @@ static void pk__begin_reload(struct pk__sup *s, int requester)
 		pk__reload_fail(s, err);
 		return;
 	}
+	const char *unsupported = pk_config_unsupported(&g->cfg);
+	if (unsupported) {
+		snprintf(err, sizeof(err), "%s: TLS listeners are not implemented in this version",
+			 unsupported);
+		pk__gen_free(g);
+		pk__reload_fail(s, err);
+		return;
+	}
 	if (strcmp(g->cfg.state_dir, s->cur.cfg.state_dir) != 0) {
 		pk__gen_free(g);
 		pk__reload_fail(s, "state_dir cannot change on reload; restart pikod");

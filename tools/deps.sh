@@ -29,6 +29,14 @@ golang-go:cmd:go
 golang-github-hashicorp-yamux-dev:file:/usr/share/gocode/src/github.com/hashicorp/yamux/session.go
 golang-github-gorilla-websocket-dev:file:/usr/share/gocode/src/github.com/gorilla/websocket/conn.go
 clang-format:cmd:clang-format
+debhelper:cmd:dh
+lintian:cmd:lintian
+rpm:cmd:rpmbuild
+rpmlint:cmd:rpmlint
+python3-yaml:file:/usr/lib/python3/dist-packages/yaml/__init__.py
+groff-base:cmd:groff
+systemd:cmd:systemd-analyze
+file:cmd:file
 "
 
 # `deps.sh bench`: what the benchmarks use on top (make bench, make bench-codec).
@@ -45,7 +53,8 @@ fi
 # Fedora/RHEL equivalents, for the dnf path (best effort: same set, other names).
 RPM_PKGS="pkgconf-pkg-config gcc clang make libuv-devel openssl-devel libconfig-devel
 lmdb-devel criterion-devel http-parser-devel libjwt-devel jansson-devel systemd-devel
-compiler-rt python3 python3-jwt curl nodejs npm golang clang-tools-extra"
+compiler-rt python3 python3-jwt curl nodejs npm golang clang-tools-extra
+rpm-build rpmlint python3-pyyaml groff-base systemd"
 
 missing=""
 for entry in $DEB_PKGS; do

@@ -351,6 +351,18 @@ class CommandLineTest(unittest.TestCase):
         self.check_config('state_dir = "${PIKOD_TEST_SURELY_UNSET_VAR}";\n', "state_dir",
                           "PIKOD_TEST_SURELY_UNSET_VAR")
 
+    def test_tls_is_refused_until_implemented(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+            for p in (cert, key):
+                with open(p, "w") as f:
+                    f.write("placeholder\n")
+            code, _, err = run_pikod(["--check", "--proxy.tls.cert", cert,
+                                      "--proxy.tls.key", key])
+        self.assertEqual(code, 2, err)
+        self.assertIn("proxy.tls.cert: TLS listeners are not implemented", err)
+
     def test_flag_errors_exit_2_and_name_the_flag(self):
         for args, needle in ((["--proxy.timeout", "soon"], "--proxy.timeout"),
                              (["--workers", "many"], "--workers"),
