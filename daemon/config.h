@@ -154,6 +154,11 @@ int pk_config_equal(const struct pk_config *a, const struct pk_config *b);
  * (--help, --version, --check). */
 void pk_config_usage(FILE *out);
 
+/* Settings this build accepts in a file but cannot honour yet: returns the first such key
+ * ("proxy.tls.cert", ...) or NULL. Checked at start, by --check and on reload, so a node is
+ * never started believing it serves TLS while it serves plain text. */
+const char *pk_config_unsupported(const struct pk_config *cfg);
+
 /* Durations and addresses are parsed by common/parse.h (pk_parse_duration,
  * pk_parse_addr), shared with the CLIs. */
 
