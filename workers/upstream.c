@@ -173,21 +173,9 @@ static void pk__handle_head(struct pk__uconn *u, const uint8_t *rest, size_t res
 	if (pk__check_auth(u, endpoint, &exp) < 0)
 		return;
 
-	char method[16] = "", upgrade[128], connection[256], key[64], version[16], accept[64];
-	if (p->method.len < sizeof(method)) {
-		memcpy(method, pk_http1_ptr(p, p->method), p->method.len);
-		method[p->method.len] = '\0';
-	}
-	struct pk_ws_upgrade_req req = {
-	    .method = method,
-	    .http_version = p->version_minor == 1 ? "1.1" : "1.0",
-	    .upgrade = pk_http1_get_copy(p, "upgrade", upgrade, sizeof(upgrade)),
-	    .connection = pk_http1_get_copy(p, "connection", connection, sizeof(connection)),
-	    .key = pk_http1_get_copy(p, "sec-websocket-key", key, sizeof(key)),
-	    .version = pk_http1_get_copy(p, "sec-websocket-version", version, sizeof(version)),
-	};
+	char accept[PK_WS_ACCEPT_LEN + 1];
 	const char *why = NULL;
-	int rc = pk_ws_server_check(&req, accept, &why);
+	int rc = pk_worker_ws_check(p, accept, &why);
 	if (rc < 0) {
 		int status = pk_ws_handshake_status(rc);
 		pk__uconn_fail(u, status, why ? why : "websocket upgrade required",

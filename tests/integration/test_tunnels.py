@@ -656,6 +656,19 @@ class TunnelTest(unittest.TestCase):
         self.assertJsonError(request(d.addrs["proxy"], "GET", "/echo", endpoint="b",
                                      headers=auth), 401, "endpoint not permitted")
 
+    def test_upstream_port_rejects_bad_ids_and_plain_http(self):
+        d = self.pikod(workers=1)
+        up = d.addrs["upstream"]
+        self.assertJsonError(request(up, "GET", "/piko/v1/upstream/bad!id", host="x"), 400,
+                             "invalid endpoint id")
+        self.assertJsonError(request(up, "GET", "/piko/v1/upstream/" + "a" * 129, host="x"),
+                             400, "invalid endpoint id")
+        code, headers, body = request(up, "GET", "/piko/v1/upstream/fine", host="x")
+        self.assertEqual(code, 400, body)
+        self.assertEqual(headers.get("content-type"), "application/json")
+        self.assertIn("error", json.loads(body))
+        self.assertJsonError(request(up, "GET", "/elsewhere", host="x"), 404, "not found")
+
     # ---- 17. limits ----
     def test_streams_per_upstream_cap_is_503(self):
         # The service behind the agent holds the first request (the agent opens one TCP
