@@ -37,6 +37,7 @@
 #define PK__TCP_PREFIX       "/_piko/v1/tcp/"
 #define PK__MAX_HOPS         2
 #define PK__HANDOFF_RETRY_MS 2000
+#define PK__MAX_PIPELINED  (64 * 1024) /* bytes of later requests read ahead */
 
 enum pk__pstate {
 	PK__P_HEAD,     /* reading a request head */
@@ -502,8 +503,8 @@ static ssize_t pk__client_head(struct pk__pconn *pc, char *buf, size_t size)
 	return (ssize_t)(n + clen);
 }
 
-static void pk__response_body(struct pk__pconn *pc, const uint8_t *data, size_t len,
-                              size_t consumed_extra)
+static void pk__response_body(struct pk__pconn *pc, const char *head, size_t head_len,
+                              const uint8_t *data, size_t len, size_t consumed_extra)
 {
 	ssize_t body = len ? pk_http1_body_feed(&pc->respbody, data, len) : 0;
 	if (body < 0) {
@@ -512,11 +513,14 @@ static void pk__response_body(struct pk__pconn *pc, const uint8_t *data, size_t 
 	}
 	/* Bytes past the end of the body are not the client's (an upstream must not send
 	 * any); they are dropped but still consumed. */
-	if (pk__cwrite(pc, data, (size_t)body, NULL, 0, len + consumed_extra) < 0) {
+	/* The head (if given) and the body bytes go out in one write. */
+	int rc = head ? pk__cwrite(pc, head, head_len, data, (size_t)body, len + consumed_extra)
+		      : pk__cwrite(pc, data, (size_t)body, NULL, 0, len + consumed_extra);
+	if (rc < 0) {
 		pk__close(pc);
 		return;
 	}
-	pc->resp_bytes += (uint64_t)body;
+	pc->resp_bytes += (uint64_t)body + head_len;
 	if (pc->respbody.done && !pc->resp_done) {
 		pc->resp_done = 1;
 		pk__finish_request(pc);
@@ -582,12 +586,7 @@ static void pk__response_head(struct pk__pconn *pc, const uint8_t *data, size_t 
 		pk__fail(pc, 502, "upstream unreachable");
 		return;
 	}
-	if (pk__cwrite(pc, head, (size_t)hl, NULL, 0, 0) < 0) {
-		pk__close(pc);
-		return;
-	}
-	pc->resp_bytes += (uint64_t)hl;
-	pk__response_body(pc, data + used, len - used, used);
+	pk__response_body(pc, head, (size_t)hl, data + used, len - used, used);
 }
 
 static void pk__x_on_data(void *ud, const uint8_t *data, size_t len)
@@ -603,7 +602,7 @@ static void pk__x_on_data(void *ud, const uint8_t *data, size_t len)
 		if (!pc->resp_head_done)
 			pk__response_head(pc, data, len);
 		else if (!pc->resp_done)
-			pk__response_body(pc, data, len, 0);
+			pk__response_body(pc, NULL, 0, data, len, 0);
 		else
 			pk_tunnel_stream_consumed(x->t, x->sid, len);
 		break;
@@ -820,8 +819,11 @@ static void pk__pump(struct pk__pconn *pc)
 		pc->req_bytes += (uint64_t)n;
 	}
 	if (pc->reqbody.done && pc->pending_body == 0) {
+		/* What follows is the next request: keep reading it (no stop/start per request,
+		 * each of which costs epoll_ctl calls), up to a bound. */
 		pc->req_body_done = 1;
-		pk__read_stop(pc); /* what follows is the next request: later */
+		if (pc->in_len >= PK__MAX_PIPELINED)
+			pk__read_stop(pc);
 		return;
 	}
 	pk__read_start(pc);
@@ -1157,8 +1159,8 @@ static void pk__process_head(struct pk__pconn *pc)
 		pk__read_start(pc);
 		return;
 	}
-	pk__read_stop(pc);
 	if (rc < 0) {
+		pk__read_stop(pc);
 		pc->close_after = 1;
 		pk__fail(pc, rc == -EPROTO ? pc->req.error_status : 500,
 		         rc == -EPROTO ? pc->req.error_reason : "internal error");
@@ -1250,8 +1252,9 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		pk__process_head(pc);
 	else if (pc->state == PK__P_EXCHANGE || pc->state == PK__P_SPLICE || pc->state == PK__P_TCP)
 		pk__pump(pc);
-	else
-		pk__read_stop(pc);
+	if (pc->state != PK__P_HEAD && pc->state != PK__P_CLOSING && pc->in_len >= PK__MAX_PIPELINED &&
+	    (pc->state == PK__P_WAIT || pc->req_body_done))
+		pk__read_stop(pc); /* bytes of a later request: enough buffered */
 }
 
 /* ---- connections ---- */
