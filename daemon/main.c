@@ -75,10 +75,11 @@ int main(int argc, char **argv)
 	}
 	const char *unsupported = pk_config_unsupported(&cfg);
 	if (unsupported) {
-		fprintf(stderr,
-			"pikod: %s: TLS listeners are not implemented in this version; terminate TLS "
-			"in front of pikod (docs/security.md)\n",
-			unsupported);
+		fprintf(
+		    stderr,
+		    "pikod: %s: TLS listeners are not implemented in this version; terminate TLS "
+		    "in front of pikod (docs/security.md)\n",
+		    unsupported);
 		pk_config_free(&cfg);
 		return 2;
 	}

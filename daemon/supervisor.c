@@ -764,7 +764,7 @@ static void pk__begin_reload(struct pk__sup *s, int requester)
 	const char *unsupported = pk_config_unsupported(&g->cfg);
 	if (unsupported) {
 		snprintf(err, sizeof(err), "%s: TLS listeners are not implemented in this version",
-			 unsupported);
+		         unsupported);
 		pk__gen_free(g);
 		pk__reload_fail(s, err);
 		return;

@@ -37,7 +37,7 @@
 #define PK__TCP_PREFIX       "/_piko/v1/tcp/"
 #define PK__MAX_HOPS         2
 #define PK__HANDOFF_RETRY_MS 2000
-#define PK__MAX_PIPELINED  (64 * 1024) /* bytes of later requests read ahead */
+#define PK__MAX_PIPELINED    (64 * 1024) /* bytes of later requests read ahead */
 
 enum pk__pstate {
 	PK__P_HEAD,     /* reading a request head */
@@ -515,7 +515,7 @@ static void pk__response_body(struct pk__pconn *pc, const char *head, size_t hea
 	 * any); they are dropped but still consumed. */
 	/* The head (if given) and the body bytes go out in one write. */
 	int rc = head ? pk__cwrite(pc, head, head_len, data, (size_t)body, len + consumed_extra)
-		      : pk__cwrite(pc, data, (size_t)body, NULL, 0, len + consumed_extra);
+	              : pk__cwrite(pc, data, (size_t)body, NULL, 0, len + consumed_extra);
 	if (rc < 0) {
 		pk__close(pc);
 		return;
@@ -1252,8 +1252,8 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 		pk__process_head(pc);
 	else if (pc->state == PK__P_EXCHANGE || pc->state == PK__P_SPLICE || pc->state == PK__P_TCP)
 		pk__pump(pc);
-	if (pc->state != PK__P_HEAD && pc->state != PK__P_CLOSING && pc->in_len >= PK__MAX_PIPELINED &&
-	    (pc->state == PK__P_WAIT || pc->req_body_done))
+	if (pc->state != PK__P_HEAD && pc->state != PK__P_CLOSING &&
+	    pc->in_len >= PK__MAX_PIPELINED && (pc->state == PK__P_WAIT || pc->req_body_done))
 		pk__read_stop(pc); /* bytes of a later request: enough buffered */
 }
 

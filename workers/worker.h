@@ -41,7 +41,7 @@ struct pk_worker {
 	unsigned upstream_conns; /* upstream connections still in their handshake */
 	int draining;
 	uint64_t drain_started_ms;
-	unsigned tunnels_closed;  /* since the last malloc_trim */
+	unsigned tunnels_closed; /* since the last malloc_trim */
 	uv_timer_t trim_timer;
 	uv_timer_t drain_timer;
 
