@@ -39,7 +39,8 @@ class Pikod:
     LISTENERS = ("proxy", "upstream", "admin", "cluster")
 
     def __init__(self, args=(), config=None, env=None, state_dir=None, notify_socket=None,
-                 ports=LISTENERS):
+                 ports=LISTENERS, prefix=()):
+        """prefix: a command pikod runs under, e.g. ("prlimit", "--nofile=64:64")."""
         self.tmp = tempfile.mkdtemp(prefix="pikod-it-")
         self.state_dir = state_dir or os.path.join(self.tmp, "state")
         self.config_path = None
@@ -47,7 +48,7 @@ class Pikod:
             self.config_path = os.path.join(self.tmp, "pikod.conf")
             with open(self.config_path, "w") as f:
                 f.write(config)
-        argv = [PIKOD, "--state-dir", self.state_dir, "--grace-period", "5s"]
+        argv = list(prefix) + [PIKOD, "--state-dir", self.state_dir, "--grace-period", "5s"]
         for name in ports or ():
             argv += ["--%s.bind-addr" % name, "127.0.0.1:0"]
         if self.config_path:

@@ -669,6 +669,42 @@ class TunnelTest(unittest.TestCase):
         self.assertIn("error", json.loads(body))
         self.assertJsonError(request(up, "GET", "/elsewhere", host="x"), 404, "not found")
 
+    def test_out_of_descriptors_is_no_busy_loop(self):
+        # With a tiny descriptor limit, connections beyond it cannot be accepted. The worker
+        # must neither spin on the ready listener nor stop serving once descriptors free up.
+        d = Pikod(["--workers", "1"], prefix=("prlimit", "--nofile=48:48"))
+        self.addCleanup(d.stop)
+        d.wait_ready()
+        wpid = list(d.worker_pids().values())[0]
+        socks = []
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for _ in range(80):
+            socks.append(socket.create_connection(d.addrs["proxy"], timeout=5))
+
+        def cpu_ticks():
+            with open("/proc/%d/stat" % wpid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+
+        before = cpu_ticks()
+        time.sleep(1.0)  # the behaviour under test is what the worker does meanwhile
+        spent = (cpu_ticks() - before) / os.sysconf("SC_CLK_TCK")
+        self.assertLess(spent, 0.5, "worker used %.2fs of CPU in 1s while out of fds" % spent)
+        for s in socks:
+            s.close()
+        socks.clear()
+        # Descriptors are free again: a new client is served.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                code, _, body = request(d.addrs["proxy"], "GET", "/", endpoint="nobody",
+                                        timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        self.assertEqual(code, 502, body)
+
     # ---- 17. limits ----
     def test_streams_per_upstream_cap_is_503(self):
         # The service behind the agent holds the first request (the agent opens one TCP
