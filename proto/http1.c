@@ -652,7 +652,22 @@ int pk_http1_parser_feed(struct pk_http1_parser *p, const void *data, size_t len
 	*used = 0;
 	if (p->pk__state == PK__S_DONE || p->pk__state == PK__S_FAILED)
 		return -EINVAL;
-	for (; i < len && r == 0; i++) {
+	while (i < len && r == 0) {
+		/* Fast path: a run of ordinary bytes (no CR, LF or control byte) inside a line
+		 * only extends the line, so it is skipped in one go, never past the head limit;
+		 * the byte that ends the run takes the careful path below. */
+		if (p->pk__state == PK__S_HEAD && p->pk__prev != '\r') {
+			size_t room = p->pk__max_head - (p->pk__skipped + p->pk__len + (i - start));
+			size_t end = len - i < room ? len : i + room, j = i;
+			while (j < end && !pk__is_ctl(d[j]))
+				j++;
+			if (j > i) {
+				p->pk__line_len += (int)(j - i);
+				p->pk__prev = d[j - 1];
+				i = j;
+				continue;
+			}
+		}
 		/* Checked per byte so that where a head is cut does not change the verdict. */
 		if (p->pk__skipped + p->pk__len + (i - start) + 1 > p->pk__max_head) {
 			*used = i;
@@ -663,6 +678,7 @@ int pk_http1_parser_feed(struct pk_http1_parser *p, const void *data, size_t len
 			*used = i;
 			return pk__fail(p, 400, why);
 		}
+		i++;
 	}
 	*used = i;
 	if (p->pk__state != PK__S_HEAD)
@@ -706,9 +722,12 @@ int pk_http1_span_ieq(const struct pk_http1_parser *p, struct pk_http1_span s, c
 
 int pk_http1_find(const struct pk_http1_parser *p, const char *name, int from)
 {
-	for (unsigned i = from < 0 ? 0 : (unsigned)from; i < p->n_headers; i++)
-		if (pk_http1_span_ieq(p, p->headers[i].name, name))
+	size_t nlen = strlen(name);
+	for (unsigned i = from < 0 ? 0 : (unsigned)from; i < p->n_headers; i++) {
+		const struct pk_http1_span *h = &p->headers[i].name;
+		if (h->len == nlen && pk__memieq(pk_http1_ptr(p, *h), name, nlen))
 			return (int)i;
+	}
 	return -1;
 }
 
