@@ -717,7 +717,13 @@ const char *pk_http1_ptr(const struct pk_http1_parser *p, struct pk_http1_span s
 
 int pk_http1_span_ieq(const struct pk_http1_parser *p, struct pk_http1_span s, const char *str)
 {
-	return strlen(str) == s.len && pk__memieq(pk_http1_ptr(p, s), str, s.len);
+	const char *v = pk_http1_ptr(p, s);
+	/* Most calls compare different names: the first byte settles them without strlen. */
+	if (s.len == 0 || str[0] == '\0')
+		return s.len == 0 && str[0] == '\0';
+	if (pk__lower((unsigned char)v[0]) != pk__lower((unsigned char)str[0]))
+		return 0;
+	return strlen(str) == s.len && pk__memieq(v, str, s.len);
 }
 
 int pk_http1_find(const struct pk_http1_parser *p, const char *name, int from)
