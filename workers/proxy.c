@@ -1006,24 +1006,13 @@ static void pk__try_route(struct pk__pconn *pc)
 
 static int pk__check_proxy_auth(struct pk__pconn *pc)
 {
-	struct pk_worker *w = pc->w;
-	char authz[PK_JWT_MAX_TOKEN + 64], xpiko[PK_JWT_MAX_TOKEN + 64];
-	struct pk_jwt_claims claims;
-
-	if (w->proxy_auth == NULL)
+	const char *msg = NULL;
+	int64_t exp;
+	if (pc->w->proxy_auth == NULL)
 		return 0;
-	const char *a = pk_http1_get_copy(&pc->req, "authorization", authz, sizeof(authz));
-	const char *x = pk_http1_get_copy(&pc->req, "x-piko-authorization", xpiko, sizeof(xpiko));
-	enum pk_jwt_error e =
-	    pk_jwt_authenticate(w->proxy_auth, a, x, (int64_t)time(NULL), &claims);
-	if (e != PK_JWT_OK) {
-		pk__fail(pc, e == PK_JWT_INTERNAL_ERROR ? 500 : 401, pk_jwt_error_str(e));
-		return -EACCES;
-	}
-	int ok = pk_jwt_endpoint_permitted(&claims, pc->endpoint);
-	pk_jwt_claims_free(&claims);
-	if (!ok) {
-		pk__fail(pc, 401, pk_jwt_error_str(PK_JWT_ENDPOINT_NOT_PERMITTED));
+	int status = pk_worker_check_token(pc->w->proxy_auth, &pc->req, pc->endpoint, &exp, &msg);
+	if (status != 0) {
+		pk__fail(pc, status, msg);
 		return -EACCES;
 	}
 	return 0;

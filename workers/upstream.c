@@ -115,29 +115,18 @@ static void pk__handshake_written(uv_write_t *req, int status)
 static int pk__check_auth(struct pk__uconn *u, const char *endpoint, int64_t *exp)
 {
 	struct pk_worker *w = u->w;
-	char authz[PK_JWT_MAX_TOKEN + 64], xpiko[PK_JWT_MAX_TOKEN + 64];
-	struct pk_jwt_claims claims;
+	const char *msg = NULL;
 
 	*exp = 0;
 	if (w->upstream_auth == NULL)
 		return 0;
-	const char *a = pk_http1_get_copy(&u->p, "authorization", authz, sizeof(authz));
-	const char *x = pk_http1_get_copy(&u->p, "x-piko-authorization", xpiko, sizeof(xpiko));
-	enum pk_jwt_error e =
-	    pk_jwt_authenticate(w->upstream_auth, a, x, (int64_t)time(NULL), &claims);
-	if (e != PK_JWT_OK) {
-		pk__uconn_fail(u, e == PK_JWT_INTERNAL_ERROR ? 500 : 401, pk_jwt_error_str(e),
-		               NULL);
+	int status = pk_worker_check_token(w->upstream_auth, &u->p, endpoint, exp, &msg);
+	if (status != 0) {
+		pk__uconn_fail(u, status, msg, NULL);
 		return -EACCES;
 	}
-	int ok = pk_jwt_endpoint_permitted(&claims, endpoint);
-	if (!w->cfg->upstream.auth.disable_disconnect_on_expiry)
-		*exp = claims.exp;
-	pk_jwt_claims_free(&claims);
-	if (!ok) {
-		pk__uconn_fail(u, 401, pk_jwt_error_str(PK_JWT_ENDPOINT_NOT_PERMITTED), NULL);
-		return -EACCES;
-	}
+	if (w->cfg->upstream.auth.disable_disconnect_on_expiry)
+		*exp = 0;
 	return 0;
 }
 

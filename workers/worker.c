@@ -80,6 +80,30 @@ int pk_worker_ws_check(const struct pk_http1_parser *p, char accept[PK_WS_ACCEPT
 	return pk_ws_server_check(&req, accept, why);
 }
 
+int pk_worker_check_token(const struct pk_jwt_verifier *v, const struct pk_http1_parser *p,
+                          const char *endpoint, int64_t *exp, const char **msg)
+{
+	char authz[PK_JWT_MAX_TOKEN + 64], xpiko[PK_JWT_MAX_TOKEN + 64];
+	struct pk_jwt_claims claims;
+
+	*exp = 0;
+	const char *a = pk_http1_get_copy(p, "authorization", authz, sizeof(authz));
+	const char *x = pk_http1_get_copy(p, "x-piko-authorization", xpiko, sizeof(xpiko));
+	enum pk_jwt_error e = pk_jwt_authenticate(v, a, x, (int64_t)time(NULL), &claims);
+	if (e != PK_JWT_OK) {
+		*msg = pk_jwt_error_str(e);
+		return e == PK_JWT_INTERNAL_ERROR ? 500 : 401;
+	}
+	int ok = pk_jwt_endpoint_permitted(&claims, endpoint);
+	*exp = claims.exp;
+	pk_jwt_claims_free(&claims);
+	if (!ok) {
+		*msg = pk_jwt_error_str(PK_JWT_ENDPOINT_NOT_PERMITTED);
+		return 401;
+	}
+	return 0;
+}
+
 /* ---- tunnel table ---- */
 
 struct pk__tunnel_entry {

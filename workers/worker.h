@@ -60,6 +60,14 @@ int pk_worker_peer_name(uv_tcp_t *tcp, char *buf, size_t len);
  * pk_ws_handshake_status). */
 int pk_worker_ws_check(const struct pk_http1_parser *p, char accept[29], const char **why);
 
+struct pk_jwt_verifier;
+
+/* Checks the request's bearer token (Authorization, or x-piko-authorization which wins)
+ * with v for endpoint. Returns 0 when allowed (*exp: the token's exp, 0 = none), else the
+ * HTTP status to answer (401, or 500 when out of memory) with *msg Piko's error message. */
+int pk_worker_check_token(const struct pk_jwt_verifier *v, const struct pk_http1_parser *p,
+                          const char *endpoint, int64_t *exp, const char **msg);
+
 /* Monotonic milliseconds (CLOCK_MONOTONIC, the same clock in every process). */
 uint64_t pk_worker_now_ms(void);
 
