@@ -17,6 +17,11 @@
  * this already (256 KiB per stream); the cap guards against a server that stops reading. */
 #define PK__MAX_QUEUED    (64u * 1024 * 1024)
 #define PK__CLOSE_WAIT_MS 2000
+/* Frames of at least this size go out on their own when nothing is gathered: copying them
+ * into the batch buys no system call. */
+#define PK__BATCH_DIRECT (16u * 1024)
+/* A batch buffer grown beyond this is released after its flush rather than kept. */
+#define PK__BATCH_KEEP (256u * 1024)
 
 enum {
 	PK__A_IDLE = 0,   /* waiting to reconnect */
@@ -39,6 +44,11 @@ struct pk_agent {
 	struct pk_pool *pool;
 	uv_timer_t timer; /* backoff, connect timeout, close wait */
 	uv_timer_t ping;  /* ping ticks; also the drained check while stopping */
+	/* yamux frames made during one loop turn, sent as one WebSocket message (one write)
+	 * from the prepare hook, just before the loop waits for I/O again. */
+	uv_prepare_t flush;
+	uint8_t *ob;
+	size_t ob_len, ob_cap;
 	uint64_t backoff_ms;
 	uint32_t ping_id;
 	uint64_t up_since;
@@ -80,6 +90,8 @@ static void pk__teardown(struct pk_agent *a)
 {
 	uv_timer_stop(&a->timer);
 	uv_timer_stop(&a->ping);
+	uv_prepare_stop(&a->flush);
+	a->ob_len = 0;
 	if (a->ys) {
 		struct pk_yamux_session *ys = a->ys;
 		a->ys = NULL;
@@ -127,6 +139,49 @@ static void pk__lost(struct pk_agent *a, const char *why)
 	pk__schedule(a, why);
 }
 
+/* ---- batching frames towards the server ---- */
+
+/* Sends what was gathered as one message. 0, or the pk_wsc_send error. */
+static int pk__flush_out(struct pk_agent *a)
+{
+	uv_prepare_stop(&a->flush);
+	if (a->ob_len == 0 || a->wsc == NULL) {
+		a->ob_len = 0;
+		return 0;
+	}
+	struct iovec iov = {.iov_base = a->ob, .iov_len = a->ob_len};
+	int r = pk_wsc_send(a->wsc, &iov, 1, 0);
+	a->ob_len = 0;
+	if (a->ob_cap > PK__BATCH_KEEP) {
+		free(a->ob);
+		a->ob = NULL;
+		a->ob_cap = 0;
+	}
+	return r;
+}
+
+static void pk__flush_cb(uv_prepare_t *p)
+{
+	struct pk_agent *a = p->data;
+	if (pk__flush_out(a) < 0)
+		pk__lost(a, "session failed");
+}
+
+static int pk__ob_reserve(struct pk_agent *a, size_t need)
+{
+	if (a->ob_len + need <= a->ob_cap)
+		return 0;
+	size_t cap = a->ob_cap ? a->ob_cap : 4096;
+	while (cap < a->ob_len + need)
+		cap *= 2;
+	uint8_t *b = realloc(a->ob, cap);
+	if (b == NULL)
+		return -ENOMEM;
+	a->ob = b;
+	a->ob_cap = cap;
+	return 0;
+}
+
 /* ---- yamux callbacks ---- */
 
 static int pk__y_write(void *ud, const struct iovec *iov, int n)
@@ -134,9 +189,21 @@ static int pk__y_write(void *ud, const struct iovec *iov, int n)
 	struct pk_agent *a = ud;
 	if (a->wsc == NULL)
 		return -EPIPE;
-	if (pk_wsc_queued(a->wsc) > PK__MAX_QUEUED)
+	size_t len = 0;
+	for (int i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	if (pk_wsc_queued(a->wsc) + a->ob_len + len > PK__MAX_QUEUED)
 		return -ENOBUFS;
-	return pk_wsc_send(a->wsc, iov, n, 0);
+	if (a->ob_len == 0 && len >= PK__BATCH_DIRECT)
+		return pk_wsc_send(a->wsc, iov, n, 0);
+	if (pk__ob_reserve(a, len) < 0)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		memcpy(a->ob + a->ob_len, iov[i].iov_base, iov[i].iov_len);
+		a->ob_len += iov[i].iov_len;
+	}
+	uv_prepare_start(&a->flush, pk__flush_cb);
+	return 0;
 }
 
 static int pk__y_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
@@ -372,6 +439,7 @@ static void pk__check_drained(struct pk_agent *a)
 	if (a->ys && pk_yamux_stream_count(a->ys) > 0)
 		return;
 	pk_log_info(PK__LOG, "closing", "endpoint=%s", a->l->endpoint);
+	pk__flush_out(a); /* the last frames go before the close frame */
 	a->state = PK__A_CLOSING;
 	pk_wsc_close(a->wsc, 1000);
 	uv_timer_start(&a->timer, pk__connect_timeout, PK__CLOSE_WAIT_MS, 0);
@@ -438,8 +506,9 @@ int pk_agent_new(uv_loop_t *loop, struct pk_conf *conf, struct pk_conf_listener 
 	}
 	uv_timer_init(loop, &a->timer);
 	uv_timer_init(loop, &a->ping);
-	a->timer.data = a->ping.data = a;
-	a->handles = 2;
+	uv_prepare_init(loop, &a->flush);
+	a->timer.data = a->ping.data = a->flush.data = a;
+	a->handles = 3;
 	*out = a;
 	pk__connect(a);
 	return 0;
@@ -451,6 +520,7 @@ static void pk__closed(uv_handle_t *h)
 	if (--a->handles > 0)
 		return;
 	free(a->extra);
+	free(a->ob);
 	free(a);
 }
 
@@ -460,4 +530,5 @@ void pk_agent_free(struct pk_agent *a)
 	pk_pool_free(a->pool);
 	uv_close((uv_handle_t *)&a->timer, pk__closed);
 	uv_close((uv_handle_t *)&a->ping, pk__closed);
+	uv_close((uv_handle_t *)&a->flush, pk__closed);
 }

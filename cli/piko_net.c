@@ -257,11 +257,34 @@ static int pk__submit(struct pk_net_conn *c, struct pk__wreq *w)
 	return r;
 }
 
+/* Writes on the spot when nothing is queued: no request, no completion callback and no
+ * epoll change (libuv re-arms the watcher after every finished uv_write). Only for plain
+ * TCP and writes nobody waits on (credit 0: on_written is skipped, and it is not needed
+ * since nothing was queued). Returns the bytes written (0: use the queue). */
+static size_t pk__try_write(struct pk_net_conn *c, const uv_buf_t *bufs, unsigned n, size_t credit)
+{
+	if (credit != 0 || c->ssl || !c->connected || c->queued != 0 || c->tcp == NULL ||
+	    uv_stream_get_write_queue_size((uv_stream_t *)c->tcp) != 0)
+		return 0;
+	int r = uv_try_write((uv_stream_t *)c->tcp, bufs, n);
+	return r > 0 ? (size_t)r : 0;
+}
+
 int pk_net_write_take(struct pk_net_conn *c, uint8_t *buf, size_t len, size_t credit)
 {
 	if (c->closing || c->shut_req || c->failed) {
 		free(buf);
 		return -EPIPE;
+	}
+	uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+	size_t done = pk__try_write(c, &b, 1, credit);
+	if (done == len) {
+		free(buf);
+		return 0;
+	}
+	if (done > 0) {
+		memmove(buf, buf + done, len - done);
+		len -= done;
 	}
 	struct pk__wreq *w = calloc(1, sizeof(*w));
 	if (w == NULL) {
@@ -292,18 +315,32 @@ int pk_net_write_take(struct pk_net_conn *c, uint8_t *buf, size_t len, size_t cr
 
 int pk_net_write(struct pk_net_conn *c, const uv_buf_t *bufs, unsigned n, size_t credit)
 {
+	if (c->closing || c->shut_req || c->failed)
+		return -EPIPE;
 	size_t total = 0;
 	for (unsigned i = 0; i < n; i++)
 		total += bufs[i].len;
-	uint8_t *buf = malloc(total ? total : 1);
+	/* Straight from the caller's buffers when the socket takes it all; else the rest is
+	 * copied and queued. */
+	size_t skip = pk__try_write(c, bufs, n, credit);
+	if (total > 0 && skip == total)
+		return 0;
+	uint8_t *buf = malloc(total - skip ? total - skip : 1);
 	if (buf == NULL)
 		return -ENOMEM;
 	size_t off = 0;
 	for (unsigned i = 0; i < n; i++) {
-		memcpy(buf + off, bufs[i].base, bufs[i].len);
-		off += bufs[i].len;
+		size_t l = bufs[i].len, from = 0;
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		from = skip;
+		skip = 0;
+		memcpy(buf + off, bufs[i].base + from, l - from);
+		off += l - from;
 	}
-	return pk_net_write_take(c, buf, total, credit);
+	return pk_net_write_take(c, buf, off, credit);
 }
 
 int pk_net_write1(struct pk_net_conn *c, const void *buf, size_t len, size_t credit)

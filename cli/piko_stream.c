@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define PK__LOG        "agent"
 #define PK__ACCESS     "access"
@@ -385,18 +386,94 @@ static int pk__write_conn(struct pk_strm *h, const uint8_t *d, size_t n)
 	return 0;
 }
 
-static int pk__is_hop(const struct pk_http1_parser *p, struct pk_http1_span name, int keep_upgrade)
+static int pk__name_is(const struct pk_http1_parser *p, struct pk_http1_span name, const char *s,
+                       size_t n)
 {
-	static const char *const hop[] = {
-	    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-	    "te",         "trailer",    "upgrade"};
-	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-		if (pk_http1_span_ieq(p, name, hop[i]))
-			return !(keep_upgrade && i == 6);
-	if (pk_http1_span_ieq(p, name, "host") || pk_http1_span_ieq(p, name, "content-length") ||
-	    pk_http1_span_ieq(p, name, "transfer-encoding"))
-		return 0;
+	return name.len == n && pk_http1_span_ieq(p, name, s);
+}
+
+/* What the message's Connection header names, worked out once per head. */
+struct pk__conn_names {
+	int mode;        /* 0: no Connection header; 1: exactly one token (tok); 2: anything else */
+	const char *tok; /* mode 1 */
+	size_t len;
+};
+
+static void pk__conn_names_init(const struct pk_http1_parser *p, struct pk__conn_names *cn)
+{
+	unsigned count = pk_http1_count(p, "connection");
+	cn->mode = count == 0 ? 0 : 2;
+	cn->tok = NULL;
+	cn->len = 0;
+	if (count != 1)
+		return;
+	size_t n = 0;
+	const char *v = pk_http1_get(p, "connection", &n);
+	if (v == NULL)
+		return;
+	while (n > 0 && (v[0] == ' ' || v[0] == '\t')) {
+		v++;
+		n--;
+	}
+	while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	if (n == 0 || memchr(v, ',', n) != NULL)
+		return;
+	cn->mode = 1;
+	cn->tok = v;
+	cn->len = n;
+}
+
+/* Whether a header is hop-by-hop. Dispatches on the name's length first: this runs for every
+ * header of every request and answer. */
+static int pk__is_hop(const struct pk_http1_parser *p, struct pk_http1_span name, int keep_upgrade,
+                      const struct pk__conn_names *cn)
+{
+	switch (name.len) {
+	case 2:
+		if (pk__name_is(p, name, "te", 2))
+			return 1;
+		break;
+	case 4:
+		if (pk__name_is(p, name, "host", 4))
+			return 0;
+		break;
+	case 7:
+		if (pk__name_is(p, name, "trailer", 7))
+			return 1;
+		if (pk__name_is(p, name, "upgrade", 7))
+			return !keep_upgrade;
+		break;
+	case 10:
+		if (pk__name_is(p, name, "connection", 10) ||
+		    pk__name_is(p, name, "keep-alive", 10))
+			return 1;
+		break;
+	case 14:
+		if (pk__name_is(p, name, "content-length", 14))
+			return 0;
+		break;
+	case 16:
+		if (pk__name_is(p, name, "proxy-connection", 16))
+			return 1;
+		break;
+	case 17:
+		if (pk__name_is(p, name, "transfer-encoding", 17))
+			return 0;
+		break;
+	case 18:
+		if (pk__name_is(p, name, "proxy-authenticate", 18))
+			return 1;
+		break;
+	default:
+		break;
+	}
 	/* Headers named in Connection are hop-by-hop too. */
+	if (cn->mode == 0)
+		return 0;
+	if (cn->mode == 1)
+		return name.len == cn->len &&
+		       strncasecmp(pk_http1_ptr(p, name), cn->tok, cn->len) == 0;
 	char nm[128];
 	if (name.len >= sizeof(nm))
 		return 0;
@@ -417,9 +494,11 @@ static int pk__put(char *buf, size_t size, size_t *off, const char *s, size_t n)
 /* Copies every end-to-end header of p into buf. */
 static int pk__put_headers(const struct pk_http1_parser *p, char *buf, size_t size, size_t *off)
 {
+	struct pk__conn_names cn;
+	pk__conn_names_init(p, &cn);
 	for (unsigned i = 0; i < p->n_headers; i++) {
 		const struct pk_http1_header *hd = &p->headers[i];
-		if (pk__is_hop(p, hd->name, 0))
+		if (pk__is_hop(p, hd->name, 0, &cn))
 			continue;
 		if (pk__put(buf, size, off, pk_http1_ptr(p, hd->name), hd->name.len) < 0 ||
 		    pk__put(buf, size, off, ": ", 2) < 0 ||

@@ -28,7 +28,7 @@
 /* Idle keep-alive connections to one listener's service. */
 struct pk_pool;
 
-#define PK_POOL_MAX_IDLE 32
+#define PK_POOL_MAX_IDLE 256
 #define PK_POOL_IDLE_MS  60000
 
 /* Creates the pool for listener l (which must outlive it). 0 or -ENOMEM. */

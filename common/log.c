@@ -1,6 +1,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,25 @@ static char *pk__log_subsystems[PK__LOG_MAX_SUBSYSTEMS];
 static int pk__log_nsubsystems;
 static char pk__log_context[512];
 static const char *pk__raw_fields; /* set only during pk_log_raw */
+static long pk__pid;               /* cached: getpid() is a system call per record */
+
+static void pk__forget_pid(void)
+{
+	pk__pid = 0;
+}
+
+static long pk__getpid(void)
+{
+	if (pk__pid == 0) {
+		static int registered;
+		if (!registered) {
+			registered = 1;
+			pthread_atfork(NULL, NULL, pk__forget_pid); /* a forked child has its own */
+		}
+		pk__pid = (long)getpid();
+	}
+	return pk__pid;
+}
 
 static const char *const pk__level_names[] = {"debug", "info", "warn", "error"};
 
@@ -239,7 +259,7 @@ int pk_log_render(char *buf, unsigned long size, enum pk_log_level level, const 
 	pk__put_escaped(&o, subsystem ? subsystem : "");
 	pk__put(&o, ",\"msg\":", 7);
 	pk__put_escaped(&o, msg ? msg : "");
-	pk__put_fmt(&o, ",\"pid\":%ld", (long)getpid());
+	pk__put_fmt(&o, ",\"pid\":%ld", pk__getpid());
 	if (pk__log_context[0] != '\0')
 		pk__put(&o, pk__log_context, strlen(pk__log_context));
 	if (pk__raw_fields)

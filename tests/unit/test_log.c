@@ -2,7 +2,10 @@
 
 #include <criterion/criterion.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int render(char *buf, size_t size, const char *fmt, ...)
 {
@@ -86,4 +89,22 @@ Test(log, json_escape_quotes_and_controls)
 	n = pk_json_escape(small, sizeof(small), "abcdef", 6);
 	cr_assert_eq(n, 8);
 	cr_assert_eq(strlen(small), 3);
+}
+
+Test(log, pid_field_is_the_callers_even_after_fork)
+{
+	char buf[256];
+	render(buf, sizeof(buf), "x=%d", 1); /* caches the parent's pid */
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		char line[256], want[64];
+		render(line, sizeof(line), "x=%d", 1);
+		snprintf(want, sizeof(want), "\"pid\":%ld,", (long)getpid());
+		_exit(strstr(line, want) ? 0 : 1);
+	}
+	int st;
+	cr_assert_eq(waitpid(child, &st, 0), child);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child logged its parent's pid");
 }
