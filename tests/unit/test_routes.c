@@ -10,31 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/unit/tmpdir.h"
 #include "shm/routes.h"
 
 static char tdir[64];
 static char envdir[PATH_MAX];
-
-static void rm_tree(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char p[PATH_MAX];
-
-	if (!d)
-		return;
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-		if (e->d_type == DT_DIR)
-			rm_tree(p);
-		else
-			unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
 
 static void setup(void)
 {
