@@ -7,6 +7,7 @@
  * Output is an aligned table, or with -o json the admin API's JSON, indented. Exit codes:
  * 0 done, 1 the server or the network said no (the message names the cause), 2 usage. */
 #include "cli/pikoctl_http.h"
+#include "proto/http1.h"
 #include "common/parse.h"
 #include "proto/jwt.h"
 
@@ -264,34 +265,6 @@ static int pk__prepare_client(struct pk__opts *o, uint64_t default_timeout)
 
 /* ---- talking to the admin API ---- */
 
-static const char *pk__reason(unsigned status)
-{
-	switch (status) {
-	case 400:
-		return "Bad Request";
-	case 401:
-		return "Unauthorized";
-	case 403:
-		return "Forbidden";
-	case 404:
-		return "Not Found";
-	case 405:
-		return "Method Not Allowed";
-	case 409:
-		return "Conflict";
-	case 500:
-		return "Internal Server Error";
-	case 502:
-		return "Bad Gateway";
-	case 503:
-		return "Service Unavailable";
-	case 504:
-		return "Gateway Timeout";
-	default:
-		return "";
-	}
-}
-
 /* The "error" member of a JSON error body, or NULL. */
 static const char *pk__body_error(json_t *body)
 {
@@ -327,7 +300,7 @@ static int pk__http_error(unsigned status, json_t *body)
 		hint = msg && strcmp(msg, "missing authorization") == 0
 		           ? " (the admin API needs a token: use --token or --token-file)"
 		           : " (check the token)";
-	pk__fail("the admin API answered %u %s: %s%s", status, pk__reason(status),
+	pk__fail("the admin API answered %u %s: %s%s", status, pk_http1_reason(status),
 	         msg ? msg : "no error message", hint);
 	return PK__EXIT_FAIL;
 }
@@ -631,7 +604,7 @@ static int pk__cmd_reload(struct pk__opts *o)
 		const char *msg = pk__body_error(body);
 		if (o->json && body)
 			pk__print_json(body);
-		rc = pk__fail("reload failed: %s", msg ? msg : pk__reason(status));
+		rc = pk__fail("reload failed: %s", msg ? msg : pk_http1_reason(status));
 	}
 	json_decref(body);
 	return rc;

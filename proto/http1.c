@@ -950,7 +950,7 @@ static int pk__is_field_text(const char *s)
 	return 1;
 }
 
-static const char *pk__reason_for(unsigned status)
+const char *pk_http1_reason(unsigned status)
 {
 	const char *r = http_status_str((enum http_status)status);
 	return (r && r[0] != '<') ? r : "Unknown";
@@ -966,7 +966,7 @@ ssize_t pk_http1_build_response(char *buf, size_t size, unsigned status, const c
 	if (status < 100 || status > 599)
 		return -EINVAL;
 	if (!reason)
-		reason = pk__reason_for(status);
+		reason = pk_http1_reason(status);
 	if (!pk__is_field_text(reason) || (content_type && !pk__is_field_text(content_type)))
 		return -EINVAL;
 	for (size_t i = 0; i < n_extra; i++)

@@ -214,6 +214,9 @@ struct pk_http1_proxy_opts {
 ssize_t pk_http1_build_proxy_request(const struct pk_http1_parser *p,
                                      const struct pk_http1_proxy_opts *o, char *buf, size_t size);
 
+/* The standard reason phrase of a status code ("Bad Gateway"), "Unknown" for others. */
+const char *pk_http1_reason(unsigned status);
+
 /* A header for the response builder. */
 struct pk_http1_field {
 	const char *name;

@@ -1,6 +1,7 @@
 #include "workers/httpd.h"
 
 #include "common/log.h"
+#include "proto/http1.h"
 #include "daemon/listeners.h"
 
 #include <errno.h>
@@ -53,46 +54,7 @@ static void pk__conn_try_head(struct pk_httpd_conn *c);
 
 const char *pk_http_reason(int status)
 {
-	switch (status) {
-	case 101:
-		return "Switching Protocols";
-	case 200:
-		return "OK";
-	case 204:
-		return "No Content";
-	case 400:
-		return "Bad Request";
-	case 401:
-		return "Unauthorized";
-	case 403:
-		return "Forbidden";
-	case 404:
-		return "Not Found";
-	case 405:
-		return "Method Not Allowed";
-	case 408:
-		return "Request Timeout";
-	case 413:
-		return "Content Too Large";
-	case 426:
-		return "Upgrade Required";
-	case 431:
-		return "Request Header Fields Too Large";
-	case 500:
-		return "Internal Server Error";
-	case 501:
-		return "Not Implemented";
-	case 502:
-		return "Bad Gateway";
-	case 503:
-		return "Service Unavailable";
-	case 504:
-		return "Gateway Timeout";
-	case 505:
-		return "HTTP Version Not Supported";
-	default:
-		return "Unknown";
-	}
+	return pk_http1_reason((unsigned)status);
 }
 
 const char *pk_http_req_header(const struct pk_http_req *req, const char *name)

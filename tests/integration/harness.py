@@ -29,7 +29,72 @@ class TimeoutError_(AssertionError):
     pass
 
 
-class Pikod:
+class JsonLogProcess:
+    """A process whose stderr carries one JSON log record per line. A thread collects them;
+    tests wait for records with wait_log()/wait_msg() (bounded, never sleeping)."""
+
+    name = "process"
+
+    def _start(self, argv, env, **popen_kw):
+        self.records = []
+        self.raw_lines = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, **popen_kw)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            rec = None
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                pass
+            with self.cond:
+                self.raw_lines.append(text)
+                if isinstance(rec, dict):
+                    self.records.append(rec)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def tail(self, n=30):
+        with self.cond:
+            return "\n".join(self.raw_lines[-n:])
+
+    def wait_log(self, pred, timeout=15.0, start=0, what="log record"):
+        """Returns (index, record) of the first record at index >= start matching pred."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            i = start
+            while True:
+                while i < len(self.records):
+                    if pred(self.records[i]):
+                        return i, self.records[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError_("%s: timed out waiting for %s; last lines:\n%s" % (
+                        self.name, what, "\n".join(self.raw_lines[-30:])))
+                if self.proc.poll() is not None and not self.reader.is_alive():
+                    raise AssertionError("%s exited (%s) while waiting for %s:\n%s" % (
+                        self.name, self.proc.returncode, what,
+                        "\n".join(self.raw_lines[-30:])))
+                self.cond.wait(min(left, 0.5))
+
+    def wait_msg(self, msg, timeout=15.0, start=0, **fields):
+        def pred(r):
+            return r.get("msg") == msg and all(r.get(k) == v for k, v in fields.items())
+        return self.wait_log(pred, timeout, start, what="%r %r" % (msg, fields))
+
+    def mark(self):
+        with self.cond:
+            return len(self.records)
+
+
+class Pikod(JsonLogProcess):
     """A pikod supervisor with its children, on ephemeral loopback ports.
 
     Its stderr (JSON lines) is collected by a thread; tests wait for records with
@@ -37,6 +102,7 @@ class Pikod:
     """
 
     LISTENERS = ("proxy", "upstream", "admin", "cluster")
+    name = "pikod"
 
     def __init__(self, args=(), config=None, env=None, state_dir=None, notify_socket=None,
                  ports=LISTENERS, prefix=()):
@@ -60,59 +126,8 @@ class Pikod:
             e["NOTIFY_SOCKET"] = notify_socket
         if env:
             e.update(env)
-        self.records = []
-        self.raw_lines = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=e, start_new_session=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self._start(argv, e, stdout=subprocess.PIPE, start_new_session=True)
         self.addrs = {}
-
-    def _read(self):
-        for line in self.proc.stderr:
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            rec = None
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                pass
-            with self.cond:
-                self.raw_lines.append(text)
-                if isinstance(rec, dict):
-                    self.records.append(rec)
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    # ---- waiting ----
-    def wait_log(self, pred, timeout=15.0, start=0, what="log record"):
-        """Returns (index, record) of the first record at index >= start matching pred."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.records):
-                    if pred(self.records[i]):
-                        return i, self.records[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError_("timed out waiting for %s; last lines:\n%s" % (
-                        what, "\n".join(self.raw_lines[-30:])))
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise AssertionError("pikod exited (%s) while waiting for %s:\n%s" % (
-                        self.proc.returncode, what, "\n".join(self.raw_lines[-30:])))
-                self.cond.wait(min(left, 0.5))
-
-    def wait_msg(self, msg, timeout=15.0, start=0, **fields):
-        def pred(r):
-            return r.get("msg") == msg and all(r.get(k) == v for k, v in fields.items())
-        return self.wait_log(pred, timeout, start, what="%r %r" % (msg, fields))
-
-    def mark(self):
-        with self.cond:
-            return len(self.records)
 
     def wait_ready(self, timeout=30.0):
         for name in ("proxy", "upstream", "admin", "cluster"):
@@ -172,6 +187,58 @@ class Pikod:
                 pass
         self.reader.join(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Load:
+    """`threads` threads each calling `one()` back to back until stopped, bounded by count and
+    time. `one()` sends one request and returns None when the answer was right, else a
+    description of what was wrong; OSError and HTTPException count as failures too."""
+
+    def __init__(self, one, threads=8, max_requests=50000, max_seconds=120):
+        self.one = one
+        self.ok = 0
+        self.errors = []
+        self.cond = threading.Condition()
+        self.stop_flag = threading.Event()
+        self.max_requests = max_requests
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        while (not self.stop_flag.is_set() and self.ok + len(self.errors) < self.max_requests
+               and time.monotonic() < self.deadline):
+            try:
+                err = self.one()
+            except (OSError, http.client.HTTPException) as e:
+                err = repr(e)
+            with self.cond:
+                if err is None:
+                    self.ok += 1
+                else:
+                    self.errors.append(err)
+                self.cond.notify_all()
+
+    def wait_progress(self, n, timeout=15.0):
+        """Waits until n more requests have succeeded than now."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            target = self.ok + n
+            while self.ok < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError_("load made no progress: ok=%d errors=%r" % (
+                        self.ok, self.errors[:5]))
+                self.cond.wait(min(left, 0.5))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(30)
 
 
 def run_pikod(args, env=None, timeout=20):

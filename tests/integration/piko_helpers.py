@@ -9,75 +9,24 @@ import subprocess
 import threading
 import time
 
-from harness import ENV, PIKO, PK_BUILD, TimeoutError_, _first_line, _kill
+from harness import ENV, PIKO, PK_BUILD, JsonLogProcess, TimeoutError_, _first_line, _kill
 
 GO_PIKOSERVER = os.environ.get("GO_PIKOSERVER",
                                os.path.join(PK_BUILD, "interop", "go-pikoserver"))
 
 
-class PikoProc:
+class PikoProc(JsonLogProcess):
     """A running `piko` (agent or forward). Its stderr JSON records are collected; tests wait
     for them with wait_msg()."""
+
+    name = "piko"
 
     def __init__(self, args, env=None):
         e = dict(ENV)
         if env:
             e.update(env)
         self.argv = [PIKO] + list(args)
-        self.records = []
-        self.raw = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=e)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            rec = None
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                pass
-            with self.cond:
-                self.raw.append(text)
-                if isinstance(rec, dict):
-                    self.records.append(rec)
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def tail(self, n=30):
-        with self.cond:
-            return "\n".join(self.raw[-n:])
-
-    def mark(self):
-        with self.cond:
-            return len(self.records)
-
-    def wait_log(self, pred, timeout=15.0, start=0, what="log record"):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            i = start
-            while True:
-                while i < len(self.records):
-                    if pred(self.records[i]):
-                        return i, self.records[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError_("piko: timed out waiting for %s; last lines:\n%s" % (
-                        what, "\n".join(self.raw[-30:])))
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise AssertionError("piko exited (%s) while waiting for %s:\n%s" % (
-                        self.proc.returncode, what, "\n".join(self.raw[-30:])))
-                self.cond.wait(min(left, 0.5))
-
-    def wait_msg(self, msg, timeout=15.0, start=0, **fields):
-        def pred(r):
-            return r.get("msg") == msg and all(r.get(k) == v for k, v in fields.items())
-        return self.wait_log(pred, timeout, start, what="%r %r" % (msg, fields))
+        self._start(self.argv, e, stdout=subprocess.DEVNULL)
 
     def count(self, msg, **fields):
         with self.cond:

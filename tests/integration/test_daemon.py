@@ -9,7 +9,7 @@ import threading
 import time
 import unittest
 
-from harness import Pikod, NotifySocket, run_pikod, TimeoutError_
+from harness import Load, Pikod, NotifySocket, run_pikod, TimeoutError_
 
 
 def proxy_request(addr, host="ep.example.com", timeout=10.0):
@@ -31,45 +31,12 @@ def free_port():
     return port
 
 
-class Load:
-    """Opens connections back to back against one address from a thread, each carrying one
-    request, and records every failure (refused, reset, timeout, wrong answer). Bounded by
-    count and time."""
-
-    def __init__(self, addr, threads=8, max_requests=50000, max_seconds=120):
-        self.addr = addr
-        self.ok = 0
-        self.errors = []
-        self.lock = threading.Lock()
-        self.stop_flag = threading.Event()
-        self.max_requests = max_requests
-        self.deadline = time.monotonic() + max_seconds
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        while (not self.stop_flag.is_set() and self.ok + len(self.errors) < self.max_requests
-               and time.monotonic() < self.deadline):
-            try:
-                status, body = proxy_request(self.addr)
-                good = status == 502 and json.loads(body) == {"error": "no available upstreams"}
-                with self.lock:
-                    if good:
-                        self.ok += 1
-                    else:
-                        self.errors.append("unexpected answer %s %r" % (status, body))
-            except (OSError, http.client.HTTPException) as e:
-                with self.lock:
-                    self.errors.append(repr(e))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(30)
+def expect_no_upstreams(addr):
+    """One request on a fresh connection: None if it got pikod's 502, else what it got."""
+    status, body = proxy_request(addr)
+    if status == 502 and json.loads(body) == {"error": "no available upstreams"}:
+        return None
+    return "unexpected answer %s %r" % (status, body)
 
 
 class DaemonTest(unittest.TestCase):
@@ -143,20 +110,14 @@ class DaemonTest(unittest.TestCase):
     def test_sighup_under_load_loses_nothing_and_replaces_workers(self):
         d = self.start(["--workers", "2"]).wait_ready()
         old = set(d.worker_pids().values())
-        with Load(d.addrs["proxy"]) as load:
+        with Load(lambda: expect_no_upstreams(d.addrs["proxy"])) as load:
             for gen in (2, 3, 4):
                 # Load must be flowing before each reload for the test to mean anything.
-                seen = load.ok
-                deadline = time.monotonic() + 10
-                while load.ok < seen + 50 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                load.wait_progress(50)
                 mark = d.mark()
                 d.signal(signal.SIGHUP)
                 d.wait_msg("reload complete", 30, start=mark, generation=gen)
-            seen = load.ok
-            deadline = time.monotonic() + 10
-            while load.ok < seen + 50 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            load.wait_progress(50)
         self.assertEqual(load.errors, [])
         self.assertGreater(load.ok, 200)
         new = set(d.worker_pids(generation=4).values())
