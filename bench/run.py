@@ -309,6 +309,31 @@ def machine():
             "pikod": ver([os.path.join(BUILD, "pikod"), "--version"])}
 
 
+# The packages install this sysctl (packaging/: pikod's handoff queue between workers is a
+# unix datagram socket, whose queue the kernel bounds by net.unix.max_dgram_qlen, default
+# 10). The harness measures pikod as installed: it raises the value for the run when it
+# can (root) and puts the old one back afterwards.
+PACKAGED_DGRAM_QLEN = 512
+QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
+
+
+def dgram_qlen(want, lower=False):
+    """Sets net.unix.max_dgram_qlen to want when that raises it (or, with lower, when it
+    lowers it: putting the old value back). Root only. Returns (before, now)."""
+    with open(QLEN_PATH) as f:
+        before = int(f.read())
+    if before == want or (want < before and not lower):
+        return before, before
+    try:
+        with open(QLEN_PATH, "w") as f:
+            f.write(str(want))
+        log("net.unix.max_dgram_qlen %d -> %d" % (before, want))
+        return before, want
+    except OSError as e:
+        log("cannot set net.unix.max_dgram_qlen (%s): measuring with %d" % (e, before))
+        return before, before
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(BENCH_BUILD, "out"))
@@ -332,10 +357,14 @@ def main():
 
     d = tempfile.mkdtemp(prefix="pikod-bench-")
     R = {"machine": machine(), "rounds": rounds, "seconds": secs, "shared_machine": True}
+    qlen = dgram_qlen(PACKAGED_DGRAM_QLEN)
+    R["machine"]["net.unix.max_dgram_qlen"] = qlen[1]
     try:
         run(d, args, R, rounds, secs, n_idle, n_big)
     finally:
         stop_all()
+        if qlen[0] != qlen[1]:
+            dgram_qlen(qlen[0], lower=True)
         with open(os.path.join(args.out, "raw.json"), "w") as f:
             json.dump(R, f, indent=1)
         shutil.rmtree(d, ignore_errors=True)
@@ -406,7 +435,7 @@ def run(d, args, R, rounds, secs, n_idle, n_big):
     rate = max(100, int(tun_sat / 2))
     R["fixed_rate"] = rate
     lat = {p: [] for p in PATHS}
-    for r in range(3 if not args.quick else 1):
+    for r in range(5 if not args.quick else 1):
         for p in PATHS:
             res = rate_client(url[p][7:], "/1k", rate, 5 if not args.quick else 2, hdr)
             lat[p].append(res)
@@ -446,94 +475,151 @@ def run(d, args, R, rounds, secs, n_idle, n_big):
     idle(d, R, n_idle, n_big)
 
 
+def metric(admin_port, name):
+    """Sum of a metric's samples on pikod's /metrics (lines starting with name)."""
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read()
+    return sum(float(line.split()[-1]) for line in body.decode().splitlines()
+               if line.startswith(name))
+
+
+def tunnel_workers(admin_port):
+    url = "http://127.0.0.1:%d/status/upstream/upstreams" % admin_port
+    rows = json.loads(urllib.request.urlopen(url, timeout=5).read())
+    return sorted(r["worker"] for r in rows)
+
+
 def handoff(d, R, origin_port, kind, rounds, secs, quick):
-    # The access log is on here (both instances alike): its "handoffs" field tells how
-    # many requests were handed off.
+    """Three pikods, access log off:
+    1w        one worker holding the tunnel: the local path;
+    2w        two workers, one tunnel: what the other worker accepts it hands off;
+    2w-local  two workers, a tunnel on each (two agents): every request stays local, so
+              the 2w-vs-2w-local ratio isolates the handoff from the second worker's
+              other costs (two processes sharing the core, accept wake-ups)."""
     inst = {}
-    for w in (1, 2):
-        p, pp, argv = pikod(d, "h%d" % w, w)
-        a = agent(d, "h%d" % w, pp["upstream"], origin_port, kind)
+    for name, w, n_agents in (("1w", 1, 1), ("2w", 2, 1), ("2w-local", 2, 2)):
+        p, pp, argv = pikod(d, "h" + name, w, ["--proxy.access-log.disable"])
+        ags = [agent(d, "h%s-%d" % (name, i), pp["upstream"], origin_port, kind)
+               for i in range(n_agents)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tw = tunnel_workers(pp["admin"])
+            if len(tw) == n_agents and len(set(tw)) == n_agents:
+                break
+            if len(tw) == n_agents:  # both landed on one worker: let the second redial
+                stop(ags[-1])
+                ags[-1] = agent(d, "h%s-%d" % (name, n_agents - 1), pp["upstream"],
+                                origin_port, kind)
+            time.sleep(0.1)
         wait_http("http://127.0.0.1:%d/1k" % pp["proxy"], {"x-piko-endpoint": ENDPOINT}, 20)
-        inst[w] = (p, pp, a, argv)
+        inst[name] = (p, pp, ags, argv, tunnel_workers(pp["admin"]))
     hdr = ["x-piko-endpoint: " + ENDPOINT, "Connection: close"]
-    res = {1: [], 2: []}
-    res_ka = {1: [], 2: []}
+    names = list(inst)
+    res = {k: [] for k in names}
+    res_ka = {k: [] for k in names}
+    sent0 = {k: metric(inst[k][1]["admin"], 'pikod_handoffs_total{direction="sent"}')
+             for k in names}
     n = max(1, min(3, rounds))
     s = max(3, secs // 2)
     for _ in range(n):
-        for w in (1, 2):
-            u = "http://127.0.0.1:%d/1k" % inst[w][1]["proxy"]
-            res[w].append(wrk(u, s, headers=hdr))
-    for w in (1, 2):
-        u = "http://127.0.0.1:%d/1k" % inst[w][1]["proxy"]
-        res_ka[w].append(wrk(u, s, headers=hdr[:1]))
-    handed = total = 0
-    with open(os.path.join(d, "pikod-h2.log"), "rb") as f:
-        for line in f:
-            if b'"proxy.access"' in line:
-                total += 1
-                if b'"handoffs":0' not in line:
-                    handed += 1
-    R["handoff"] = {"close": res, "keepalive": res_ka, "handed_off": handed,
-                    "requests_logged": total,
-                    "cmd_1": " ".join(inst[1][3]), "cmd_2": " ".join(inst[2][3])}
-    log("handoff: 1w %.0f  2w %.0f req/s (Connection: close), %d/%d handed off" % (
-        med([x["rps"] for x in res[1]]), med([x["rps"] for x in res[2]]), handed, total))
-    for w in (1, 2):
-        stop(inst[w][2])
-        stop(inst[w][0])
+        for k in names:
+            u = "http://127.0.0.1:%d/1k" % inst[k][1]["proxy"]
+            res[k].append(wrk(u, s, headers=hdr))
+    handed = {k: metric(inst[k][1]["admin"], 'pikod_handoffs_total{direction="sent"}') - sent0[k]
+              for k in names}
+    for k in names:
+        u = "http://127.0.0.1:%d/1k" % inst[k][1]["proxy"]
+        res_ka[k].append(wrk(u, s, headers=hdr[:1]))
+    R["handoff"] = {"close": res, "keepalive": res_ka,
+                    "handed_off": {k: handed[k] / max(1, sum(x["requests"] for x in res[k]))
+                                   for k in names},
+                    "tunnel_workers": {k: inst[k][4] for k in names},
+                    "cmds": {k: " ".join(inst[k][3]) for k in names}}
+    log("handoff (Connection: close): " + "  ".join(
+        "%s %.0f req/s (%.0f%% handed off)" % (k, med([x["rps"] for x in res[k]]),
+                                               100 * R["handoff"]["handed_off"][k])
+        for k in names))
+    for k in names:
+        for a in inst[k][2]:
+            stop(a)
+        stop(inst[k][0])
+
+
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # libnginx-mod-stream
+
+
+def stream_relay(d, name, port, to, cpu=SUT_CPU):
+    """nginx's stream module relaying TCP from port to `to`: the calibration for a TCP
+    endpoint (pure byte relays, no framing, same socket copies per hop)."""
+    conf = os.path.join(d, "nginx-%s.conf" % name)
+    with open(conf, "w") as f:
+        f.write("load_module %s;\nworker_processes 1;\ndaemon off;\npid %s/nginx-%s.pid;\n"
+                "error_log %s/nginx-%s.err warn;\nevents { worker_connections 1024; }\n"
+                "stream { server { listen 127.0.0.1:%d; proxy_pass 127.0.0.1:%d; "
+                "proxy_buffer_size 64k; } }\n" % (STREAM_MODULE, d, name, d, name, port, to))
+    return start(["nginx", "-p", d, "-c", conf], cpu=cpu,
+                 out=os.path.join(d, "nginx-%s.out" % name))
+
+
+def iperf_run(port, quick, retry_s=0):
+    """bits/s received by iperf3 -c (on the load generator's core) through port; retried
+    for retry_s while the path is still coming up. nan when it never ran."""
+    argv = ["taskset", "-c", LOADGEN_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
+            "2" if quick else "5", "-J"]
+    deadline = time.monotonic() + retry_s
+    while True:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+        try:
+            return json.loads(out)["end"]["sum_received"]["bits_per_second"], " ".join(argv)
+        except (ValueError, KeyError):
+            if time.monotonic() >= deadline:
+                return float("nan"), " ".join(argv)
+            time.sleep(0.2)
 
 
 def iperf(d, R, quick):
     port = free_port()
     srv = start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                 out=os.path.join(d, "iperf3.log"))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    argv = ["taskset", "-c", LOADGEN_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
-            "2" if quick else "5", "-J"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
-    try:
-        bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-    except (ValueError, KeyError):
-        bps = float("nan")
-    R["iperf_direct"] = {"bps": bps, "cmd": " ".join(argv)}
+    bps, cmd = iperf_run(port, quick, retry_s=10)
+    R["iperf_direct"] = {"bps": bps, "cmd": cmd}
+    paths = {}
+    # Calibration: one and three nginx stream relays (three = as many relaying processes
+    # as forwarder + pikod + agent), all on the core under test; then three with the first
+    # relay on the load generator's core, where a client-side forwarder runs.
+    if os.path.exists(STREAM_MODULE):
+        p1, p2, p3 = free_port(), free_port(), free_port()
+        relays = [stream_relay(d, "s3", p3, port), stream_relay(d, "s2", p2, p3),
+                  stream_relay(d, "s1", p1, p2)]
+        paths["nginx stream, 1 relay"] = iperf_run(p3, quick, retry_s=10)[0]
+        paths["nginx stream, 3 relays"] = iperf_run(p1, quick, retry_s=10)[0]
+        stop(relays[2])
+        relays[2] = stream_relay(d, "s1", p1, p2, cpu=LOADGEN_CPU)
+        paths["nginx stream, 3 relays, first on the client core"] = iperf_run(
+            p1, quick, retry_s=10)[0]
+        for r in relays:
+            stop(r)
     # Through a TCP endpoint: iperf3 client -> `piko forward tcp` -> WebSocket
     # /_piko/v1/tcp/iperf on pikod's proxy port -> tunnel -> `piko agent tcp` -> iperf3 server.
     piko = os.path.join(BUILD, "piko")
-    r = subprocess.run([piko, "forward", "tcp", "--help"], capture_output=True, timeout=10)
-    if r.returncode != 0:
-        R["iperf_tunnel"] = None
-        log("iperf3 direct %.1f Gbit/s; tunnel: pending (no piko forward tcp)" % (bps / 1e9))
-        stop(srv)
-        return
     pk, ports, _ = pikod(d, "iperf", 1, ["--proxy.access-log.disable"])
     ag = start([piko, "agent", "tcp", "iperf", "127.0.0.1:%d" % port, "--connect.url",
                 "http://127.0.0.1:%d" % ports["upstream"]], out=os.path.join(d, "agent-iperf.log"))
-    fport = free_port()
-    fw = start([piko, "forward", "tcp", "127.0.0.1:%d" % fport, "iperf", "--connect.url",
-                "http://127.0.0.1:%d" % ports["proxy"]], out=os.path.join(d, "forward-iperf.log"))
-    tbps = float("nan")
-    deadline = time.monotonic() + 15
-    targv = ["taskset", "-c", LOADGEN_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(fport), "-t",
-             "2" if quick else "5", "-J"]
-    while time.monotonic() < deadline:
+    for label, cpu in (("pikod + piko", SUT_CPU),
+                       ("pikod + piko, forwarder on the client core", LOADGEN_CPU)):
+        fport = free_port()
+        fw = start([piko, "forward", "tcp", "127.0.0.1:%d" % fport, "iperf", "--connect.url",
+                    "http://127.0.0.1:%d" % ports["proxy"]], cpu=cpu,
+                   out=os.path.join(d, "forward-iperf.log"))
         # The agent registers asynchronously: retry the whole iperf3 run until it connects.
-        out = subprocess.run(targv, capture_output=True, text=True, timeout=60).stdout
-        try:
-            tbps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-            break
-        except (ValueError, KeyError):
-            time.sleep(0.2)
-    R["iperf_tunnel"] = "%.2f Gbit/s = %.2f x direct (%s)" % (
-        tbps / 1e9, tbps / bps if bps == bps and bps else float("nan"), " ".join(targv))
-    log("iperf3 direct %.1f Gbit/s; tunnel %.1f Gbit/s" % (bps / 1e9, tbps / 1e9))
-    for p in (fw, ag, pk, srv):
+        paths[label] = iperf_run(fport, quick, retry_s=15)[0]
+        stop(fw)
+    R["iperf_paths"] = paths
+    R["iperf_tunnel"] = "%.2f Gbit/s = %.2f x direct" % (
+        paths["pikod + piko"] / 1e9, paths["pikod + piko"] / bps if bps == bps and bps else
+        float("nan"))
+    log("iperf3 direct %.1f Gbit/s; " % (bps / 1e9) + "; ".join(
+        "%s %.1f" % (k, v / 1e9) for k, v in paths.items()))
+    for p in (ag, pk, srv):
         stop(p)
 
 
@@ -668,20 +754,33 @@ def report(R, out):
         lines.append("")
     h = R.get("handoff")
     if h:
-        a = med([x["rps"] for x in h["close"][1]])
-        b = med([x["rps"] for x in h["close"][2]])
-        ka1 = med([x["rps"] for x in h["keepalive"][1]])
-        ka2 = med([x["rps"] for x in h["keepalive"][2]])
-        frac = h["handed_off"] / h["requests_logged"] if h["requests_logged"] else float("nan")
-        lines.append("Handoff (Connection: close, a new connection per request, access log on): "
-                     "1 worker %.0f req/s, 2 workers %.0f req/s = %.2f x (%.0f %% of the "
-                     "2-worker requests handed off); keep-alive: 1w %.0f, 2w %.0f (%.2f x)" % (
-                         a, b, b / a, 100 * frac, ka1, ka2, ka2 / ka1))
+        c = {k: med([x["rps"] for x in v]) for k, v in h["close"].items()}
+        ka = {k: med([x["rps"] for x in v]) for k, v in h["keepalive"].items()}
+        lines.append("Handoff, 1 KiB (wrk -t1 -c64; access log off; tunnels on workers %s)" % (
+            ", ".join("%s: %s" % (k, v) for k, v in h["tunnel_workers"].items())))
+        lines.append("")
+        row("pikod", "new connection per request: req/s", "handed off", "vs 1w", "vs 2w-local",
+            "keep-alive: req/s", "vs 1w")
+        row(*["---"] * 7)
+        for k in c:
+            row(k, "%.0f" % c[k], "%.0f %%" % (100 * h["handed_off"][k]),
+                "%.2f" % (c[k] / c["1w"]), "%.2f" % (c[k] / c["2w-local"]),
+                "%.0f" % ka[k], "%.2f" % (ka[k] / ka["1w"]))
         lines.append("")
     ip = R.get("iperf_direct")
     if ip:
-        lines.append("iperf3 direct loopback %.2f Gbit/s; through a TCP endpoint: %s" % (
-            ip["bps"] / 1e9, R.get("iperf_tunnel") or "pending (needs `piko forward tcp`)"))
+        lines.append("TCP throughput, iperf3 -c on the load generator's core, 5 s "
+                     "(everything else on the core under test unless said)")
+        lines.append("")
+        row("path", "Gbit/s", "vs direct", "vs nginx stream, 3 relays (same placement)")
+        row(*["---"] * 4)
+        row("direct", "%.2f" % (ip["bps"] / 1e9), "1.00", "-")
+        ps = R.get("iperf_paths", {})
+        for k, v in ps.items():
+            ref = ps.get("nginx stream, 3 relays, first on the client core" if "client core" in k
+                         else "nginx stream, 3 relays")
+            row(k, "%.2f" % (v / 1e9), "%.2f" % (v / ip["bps"]),
+                "%.2f" % (v / ref) if ref and "nginx" not in k else "-")
         lines.append("")
     idl = R.get("idle")
     if idl:

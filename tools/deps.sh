@@ -43,6 +43,7 @@ file:cmd:file
 if [ "${1:-}" = bench ]; then
 	DEB_PKGS="
 nginx-light:cmd:nginx
+libnginx-mod-stream:file:/usr/lib/nginx/modules/ngx_stream_module.so
 wrk:cmd:wrk
 iperf3:cmd:iperf3
 gnuplot-nox:cmd:gnuplot
