@@ -10,6 +10,7 @@
 #include "cli/piko_stream.h"
 #include "common/log.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,6 +167,11 @@ int main(int argc, char **argv)
 	}
 	pk__setup_log();
 	signal(SIGPIPE, SIG_IGN);
+	/* Write queues come and go in 64 KiB pieces under bulk transfer: keep freed heap
+	 * instead of handing it back and faulting it in again on the next burst. What piko
+	 * keeps is bounded by its queue limits. */
+	mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024);
+	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
 	M.loop = uv_default_loop();
 	uv_signal_init(M.loop, &M.sigterm);
 	uv_signal_init(M.loop, &M.sigint);

@@ -341,6 +341,7 @@ static void pk__w_open(struct pk_wsc *w)
 	struct pk_yamux_options opt;
 	pk_yamux_options_init(&opt);
 	opt.now_ms = pk__now;
+	opt.max_window = a->conf->connect.stream_window;
 	if (pk_yamux_new(&a->ys, PK_YAMUX_CLIENT, &opt, &pk__ycb, a) < 0) {
 		pk__lost(a, "out of memory");
 		return;

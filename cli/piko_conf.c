@@ -40,6 +40,7 @@ static const struct pk__flag pk__flags[] = {
     {"connect.timeout", PK__T_DUR, PK__S_ALL},
     {"connect.ping-interval", PK__T_DUR, PK__S_AGENT},
     {"connect.ping-timeout", PK__T_DUR, PK__S_AGENT},
+    {"connect.stream-window", PK__T_STR, PK__S_AGENT},
     {"connect.tls.root-cas", PK__T_STR, PK__S_ALL},
     {"connect.tls.cert", PK__T_STR, PK__S_ALL},
     {"connect.tls.key", PK__T_STR, PK__S_ALL},
@@ -100,6 +101,8 @@ static const char pk__usage_agent[] =
     "  --connect.ping-interval DURATION  yamux ping period (default 5s)\n"
     "  --connect.ping-timeout DURATION   reconnect when a ping is unanswered this long\n"
     "                                    (default 5s)\n"
+    "  --connect.stream-window SIZE   bytes the server may send on a stream ahead of the\n"
+    "                                 service reading them (256KiB..16MiB, default 1MiB)\n"
     "  --timeout DURATION             http: wait this long for the service's answer\n"
     "                                 (default 10s; then 504 upstream timeout)\n"
     "  --access-log[=BOOL]            http: log every request (default true)\n";
@@ -398,11 +401,18 @@ struct pk__src {
 
 static void pk__bad(const struct pk__src *src, const char *name, const char *value, const char *why)
 {
-	if (src->file)
-		pk__err("%s:%d: %s: invalid value \"%s\": %s", src->file, src->line, name, value,
+	if (src->file) {
+		/* Named as the file spells it: connect.ping_interval, not connect.ping-interval. */
+		char key[64];
+		snprintf(key, sizeof(key), "%s", name);
+		for (char *p = key; *p; p++)
+			if (*p == '-')
+				*p = '_';
+		pk__err("%s:%d: %s: invalid value \"%s\": %s", src->file, src->line, key, value,
 		        why);
-	else
+	} else {
 		pk__err("invalid value \"%s\" for --%s: %s", value, name, why);
+	}
 }
 
 static int pk__dur(const struct pk__src *src, const char *name, const char *v, uint64_t *out)
@@ -456,6 +466,15 @@ static int pk__set(struct pk_conf *c, const struct pk__src *src, const char *nam
 		return pk__dur(src, name, v, &cc->ping_interval_ms);
 	if (strcmp(name, "connect.ping-timeout") == 0)
 		return pk__dur(src, name, v, &cc->ping_timeout_ms);
+	if (strcmp(name, "connect.stream-window") == 0) {
+		uint64_t w;
+		if (pk_parse_size(v, PK_CONF_WINDOW_MIN, PK_CONF_WINDOW_MAX, &w) < 0) {
+			pk__bad(src, name, v, "expected a size from 256KiB to 16MiB, such as 1MiB");
+			return -1;
+		}
+		cc->stream_window = (uint32_t)w;
+		return 0;
+	}
 	if (strcmp(name, "connect.tls.root-cas") == 0)
 		return pk__str(src, name, v, cc->tls_root_cas, sizeof(cc->tls_root_cas));
 	if (strcmp(name, "connect.tls.cert") == 0)
@@ -539,6 +558,7 @@ static int pk__file_key(struct pk_conf *c, const char *file, const config_settin
 	    "connect.timeout",
 	    "connect.ping_interval",
 	    "connect.ping_timeout",
+	    "connect.stream_window",
 	    "connect.tls.root_cas",
 	    "connect.tls.cert",
 	    "connect.tls.key",
@@ -551,7 +571,8 @@ static int pk__file_key(struct pk_conf *c, const char *file, const config_settin
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		if (strcmp(keys[i], path) != 0)
 			continue;
-		if (mode == PK_CONF_FORWARD && strncmp(path, "connect.ping", 12) == 0)
+		if (mode == PK_CONF_FORWARD && (strncmp(path, "connect.ping", 12) == 0 ||
+		                                strcmp(path, "connect.stream_window") == 0))
 			break;
 		char v[PK_CONF_TOKEN_MAX + 16], flag[64];
 		if (pk__scalar(s, v, sizeof(v)) < 0) {
@@ -923,6 +944,7 @@ static int pk__defaults(struct pk_conf *c)
 	cc->timeout_ms = 10000;
 	cc->ping_interval_ms = 5000;
 	cc->ping_timeout_ms = 5000;
+	cc->stream_window = PK_CONF_WINDOW_DEFAULT;
 	c->grace_ms = 30000;
 	c->log_level = PK_LOG_INFO;
 	return 0;

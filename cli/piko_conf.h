@@ -31,6 +31,12 @@ enum pk_conf_proto {
 };
 
 /* connect.*: the Piko server (upstream port for agents, proxy port for forwarders). */
+/* The agent's receive window per stream: what pikod may send ahead of the local service.
+ * yamux starts every stream at 256 KiB; a larger window is granted with the stream's ACK. */
+#define PK_CONF_WINDOW_MIN     (256u * 1024u)
+#define PK_CONF_WINDOW_DEFAULT (1024u * 1024u)
+#define PK_CONF_WINDOW_MAX     (16u * 1024u * 1024u)
+
 struct pk_conf_connect {
 	char url[1024];
 	struct pk_net_target target; /* host, port, TLS context */
@@ -42,6 +48,7 @@ struct pk_conf_connect {
 	uint64_t timeout_ms;       /* connect + TLS + upgrade */
 	uint64_t ping_interval_ms; /* yamux ping period (agent) */
 	uint64_t ping_timeout_ms;  /* drop the session when a ping is older */
+	uint32_t stream_window;    /* yamux receive window per stream (agent) */
 	char tls_root_cas[1024];
 	char tls_cert[1024];
 	char tls_key[1024];

@@ -80,10 +80,9 @@ static void pk__fc_close(struct pk__fconn *fc)
 static void pk__l_read(struct pk_net_conn *c, uint8_t *d, size_t n)
 {
 	struct pk__fconn *fc = pk_net_ud(c);
-	struct iovec iov = {.iov_base = d, .iov_len = n};
 	if (fc->wsc == NULL)
 		return; /* the endpoint closed: nothing can carry these bytes */
-	if (pk_wsc_send(fc->wsc, &iov, 1, 0) < 0) {
+	if (pk_wsc_send_inplace(fc->wsc, d, n) < 0) {
 		pk__fc_close(fc);
 		return;
 	}

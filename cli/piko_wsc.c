@@ -385,6 +385,21 @@ int pk_wsc_send(struct pk_wsc *w, const struct iovec *iov, int n, size_t credit)
 	return pk_net_write_take(w->conn, buf, off, credit);
 }
 
+int pk_wsc_send_inplace(struct pk_wsc *w, uint8_t *buf, size_t len)
+{
+	if (w->state != PK__W_OPEN || w->ws.close_sent || w->conn == NULL)
+		return -EPIPE;
+	uint8_t hdr[PK_WS_MAX_HEADER];
+	struct pk_ws_mask m;
+	int h = pk_ws_header(&w->ws, hdr, PK_WS_OP_BINARY, true, len, &m);
+	if (h < 0)
+		return h;
+	pk_ws_mask_inplace(&m, buf, len);
+	uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)h),
+	                 uv_buf_init((char *)buf, (unsigned)len)};
+	return pk_net_write(w->conn, b, 2, 0);
+}
+
 size_t pk_wsc_queued(const struct pk_wsc *w)
 {
 	return w->conn ? pk_net_queued(w->conn) : 0;

@@ -47,6 +47,11 @@ void *pk_wsc_ud(const struct pk_wsc *w);
  * -ENOMEM, -EIO. */
 int pk_wsc_send(struct pk_wsc *w, const struct iovec *iov, int n, size_t credit);
 
+/* As pk_wsc_send for one buffer the caller no longer needs: masks it in place and writes
+ * the frame without building a copy (only what the socket does not take at once is
+ * copied and queued). buf holds masked bytes afterwards. */
+int pk_wsc_send_inplace(struct pk_wsc *w, uint8_t *buf, size_t len);
+
 /* Bytes queued towards the server. */
 size_t pk_wsc_queued(const struct pk_wsc *w);
 

@@ -280,3 +280,30 @@ int pk_parse_bool(const char *s, int *out)
 	}
 	return -EINVAL;
 }
+
+int pk_parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+	static const struct {
+		const char *name;
+		uint64_t scale;
+	} units[] = {{"", 1}, {"k", 1024}, {"kib", 1024}, {"m", 1024 * 1024}, {"mib", 1024 * 1024}};
+	uint64_t v;
+
+	if (s == NULL || min > max)
+		return -EINVAL;
+	const char *p = s;
+	if (pk__digits(&p, UINT64_MAX, &v) < 0)
+		return pk__is_digit(*s) ? -ERANGE : -EINVAL;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcasecmp(p, units[i].name) != 0)
+			continue;
+		if (v > max / units[i].scale)
+			return -ERANGE;
+		v *= units[i].scale;
+		if (v < min)
+			return -ERANGE;
+		*out = v;
+		return 0;
+	}
+	return -EINVAL;
+}

@@ -40,6 +40,11 @@ int pk_parse_addr(const char *s, char *host, size_t hostlen, uint16_t *port);
  * including values that do not fit a long long). */
 int pk_parse_int(const char *s, long long min, long long max, long long *out);
 
+/* A byte count: decimal digits, then nothing (bytes) or a binary unit k/KiB or m/MiB
+ * (case-insensitive): "1048576", "1MiB", "256k". Returns 0 and *out, or -EINVAL (syntax)
+ * / -ERANGE (outside [min, max]). */
+int pk_parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
 /* Booleans: true/false, yes/no, on/off, 1/0 (case-insensitive). 0, or -EINVAL. */
 int pk_parse_bool(const char *s, int *out);
 

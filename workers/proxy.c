@@ -707,7 +707,7 @@ static ssize_t pk__send(struct pk__pconn *pc, const uint8_t *buf, size_t len)
 
 static void pk__pump_tcp(struct pk__pconn *pc)
 {
-	/* Decode what the client sent into dec[], then offer it to the stream. */
+	/* First what an earlier turn could not send, then what the client sent since. */
 	while (pc->dec_off < pc->dec_len) {
 		ssize_t n = pk__send(pc, pc->dec + pc->dec_off, pc->dec_len - pc->dec_off);
 		if (n <= 0)
@@ -722,14 +722,27 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 		if (ev.type == PK_WS_EV_NONE)
 			break;
 		if (ev.type == PK_WS_EV_DATA) {
-			uint8_t *d = realloc(pc->dec, pc->dec_len + ev.len);
+			/* Straight from in[] (unmasked in place) while the stream takes it; only
+			 * what it cannot take now is copied aside into dec[]. */
+			size_t sent = 0;
+			while (pc->dec_len == 0 && sent < ev.len) {
+				ssize_t n = pk__send(pc, ev.data + sent, ev.len - sent);
+				if (n < 0)
+					return;
+				if (n == 0)
+					break;
+				sent += (size_t)n;
+			}
+			if (sent == ev.len)
+				continue;
+			uint8_t *d = realloc(pc->dec, pc->dec_len + ev.len - sent);
 			if (d == NULL) {
 				pk__close(pc);
 				return;
 			}
 			pc->dec = d;
-			memcpy(pc->dec + pc->dec_len, ev.data, ev.len);
-			pc->dec_len += ev.len;
+			memcpy(pc->dec + pc->dec_len, ev.data + sent, ev.len - sent);
+			pc->dec_len += ev.len - sent;
 		} else if (ev.type == PK_WS_EV_PING) {
 			uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 			int n = pk_ws_control(&pc->ws, frame, sizeof(frame), PK_WS_OP_PONG, ev.data,

@@ -153,6 +153,25 @@ class PikoTest(unittest.TestCase):
         self.assertEqual((status, hashlib.sha256(body).hexdigest()),
                          (200, sha_of_pattern(300000)))
 
+    def test_stream_window_sizes_carry_bodies_intact(self):
+        # The agent grants its receive window above yamux's 256 KiB with each stream's ACK;
+        # pikod must honour it exactly: 16 MiB each way, at the smallest and largest.
+        d = self.pikod(workers=1)
+        svc = self.service("win")
+        proxy = d.addrs["proxy"]
+        for window in ("256KiB", "16MiB"):
+            a = self.agent(d, "http", "win", svc.forward, "--connect.stream-window", window)
+            data = pattern(16 * MIB)
+            status, headers, body = request(proxy, "POST", "/echo", "win", body=data)
+            self.assertEqual(status, 200, (window, body[:300]))
+            doc = json.loads(body)
+            self.assertEqual((doc["body_length"], doc["body_sha256"]),
+                             (16 * MIB, hashlib.sha256(data).hexdigest()), window)
+            status, headers, body = request(proxy, "GET", "/bytes?n=%d" % (16 * MIB), "win")
+            self.assertEqual((status, hashlib.sha256(body).hexdigest()),
+                             (200, sha_of_pattern(16 * MIB)), window)
+            a.stop()
+
     def test_http_many_concurrent_requests_on_one_tunnel(self):
         d = self.pikod()
         svc = self.service("many")
@@ -404,6 +423,13 @@ class PikoTest(unittest.TestCase):
         code, out, err = run_piko(["agent", "start", "--config", conf])
         self.assertEqual(code, 2, err)
         self.assertIn("%s:2: connect.url" % conf, err)
+        # Keys are named as the file spells them (underscores), not as flags.
+        with open(conf, "w") as fh:
+            fh.write('connect = {\n  ping_interval = "5s";\n  stream_window = "64KiB";\n};\n'
+                     'listeners = ( { endpoint_id = "a"; addr = "3000"; } );\n')
+        code, out, err = run_piko(["agent", "start", "--config", conf])
+        self.assertEqual(code, 2, err)
+        self.assertIn("%s:3: connect.stream_window: invalid value \"64KiB\"" % conf, err)
 
     # ---- bad input ----
     def test_bad_arguments_exit_2_naming_the_argument(self):
@@ -426,6 +452,14 @@ class PikoTest(unittest.TestCase):
             (["agent", "http", "ep", "3000", "--connect.tls.root-cas", "/nonexistent",
               "--connect.url", "https://localhost:8001"], "--connect.tls.root-cas"),
             (["launch"], "\"launch\""),
+            (["agent", "http", "ep", "3000", "--connect.stream-window", "255KiB"],
+             "--connect.stream-window"),
+            (["agent", "http", "ep", "3000", "--connect.stream-window", "17MiB"],
+             "--connect.stream-window"),
+            (["agent", "http", "ep", "3000", "--connect.stream-window", "big"],
+             "--connect.stream-window"),
+            (["forward", "tcp", "3000", "ep", "--connect.stream-window", "1MiB"],
+             "--connect.stream-window"),
         ]
         for argv, named in cases:
             code, out, err = run_piko(argv)

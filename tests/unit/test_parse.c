@@ -352,3 +352,34 @@ Test(boolean, rejects_others)
 	int v;
 	cr_expect_eq(pk_parse_bool(NULL, &v), -EINVAL);
 }
+
+Test(parse_size, bytes_and_binary_units)
+{
+	uint64_t v = 0;
+	cr_expect_eq(pk_parse_size("1048576", 0, UINT64_MAX, &v), 0);
+	cr_expect_eq(v, 1048576u);
+	cr_expect_eq(pk_parse_size("256k", 0, UINT64_MAX, &v), 0);
+	cr_expect_eq(v, 256u * 1024);
+	cr_expect_eq(pk_parse_size("256KiB", 0, UINT64_MAX, &v), 0);
+	cr_expect_eq(v, 256u * 1024);
+	cr_expect_eq(pk_parse_size("4MiB", 0, UINT64_MAX, &v), 0);
+	cr_expect_eq(v, 4u * 1024 * 1024);
+	cr_expect_eq(pk_parse_size("1m", 0, UINT64_MAX, &v), 0);
+	cr_expect_eq(v, 1024u * 1024);
+}
+
+Test(parse_size, rejects_bad_syntax_and_out_of_range)
+{
+	uint64_t v = 7;
+	cr_expect_eq(pk_parse_size("", 0, 10, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("k", 0, 10, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("-1", 0, 10, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("1 MiB", 0, UINT64_MAX, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("1GiB", 0, UINT64_MAX, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("1.5m", 0, UINT64_MAX, &v), -EINVAL);
+	cr_expect_eq(pk_parse_size("255k", 256 * 1024, 16 * 1024 * 1024, &v), -ERANGE);
+	cr_expect_eq(pk_parse_size("17MiB", 256 * 1024, 16 * 1024 * 1024, &v), -ERANGE);
+	cr_expect_eq(pk_parse_size("99999999999999999999", 0, UINT64_MAX, &v), -ERANGE);
+	cr_expect_eq(pk_parse_size("18014398509481984k", 0, UINT64_MAX, &v), -ERANGE);
+	cr_expect_eq(v, 7u, "out untouched on failure");
+}
