@@ -76,6 +76,7 @@ struct pk__twrite {
 };
 
 #define PK__BATCH_MIN (16 * 1024)
+#define PK__BATCH_BULK (256 * 1024)
 
 static struct pk_tunnel *pk__flush_list;
 static uv_prepare_t pk__flush_prepare;
@@ -179,7 +180,7 @@ static uint8_t *pk__reserve(struct pk_tunnel *t, size_t n)
 	if (t->batch && t->batch->cap - t->batch->len >= n)
 		return t->batch->data + t->batch->len;
 	pk__flush(t);
-	size_t cap = n > PK__BATCH_MIN ? n : PK__BATCH_MIN;
+	size_t cap = n > PK__BATCH_MIN ? (n > PK__BATCH_BULK ? n : PK__BATCH_BULK) : PK__BATCH_MIN;
 	struct pk__twrite *wr = malloc(sizeof(*wr) + cap);
 	if (wr == NULL)
 		return NULL;
