@@ -18,7 +18,11 @@ Figures: saturation throughput (wrk, keep-alive, 64 connections), latency percen
 fixed rate of half the tunnel's saturation (bench/rate_client.c, open loop), CPU per request
 (/proc/<pid>/stat of every process under test), a latency-vs-rate sweep (gnuplot PNG), RSS
 per idle tunnel (bench/idle_tunnels.c), time for 10,000 agents to re-register after a pikod
-restart, 1 vs 2 workers with Connection: close (handoff cost), TCP throughput (iperf3).
+restart, handoff cost with Connection: close (1 worker; 2 workers with the tunnel on one of
+them; 2 workers with a tunnel on each, the like-for-like local path), TCP throughput
+(iperf3: direct, through a TCP endpoint, and through one and three nginx stream relays as
+the calibration for what relaying processes cost on one core). net.unix.max_dgram_qlen is
+raised to the packaged 512 for the run when root (and put back).
 
 Prints the summary table; writes DIR/summary.md, DIR/raw.json, DIR/latency.dat and
 DIR/latency.png. Environment knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_TUNNELS

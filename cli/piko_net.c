@@ -270,6 +270,14 @@ static size_t pk__try_write(struct pk_net_conn *c, const uv_buf_t *bufs, unsigne
 	return r > 0 ? (size_t)r : 0;
 }
 
+size_t pk_net_try_write(struct pk_net_conn *c, const void *buf, size_t len)
+{
+	if (c->closing || c->shut_req || c->failed || len == 0)
+		return 0;
+	uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+	return pk__try_write(c, &b, 1, 0);
+}
+
 int pk_net_write_take(struct pk_net_conn *c, uint8_t *buf, size_t len, size_t credit)
 {
 	if (c->closing || c->shut_req || c->failed) {

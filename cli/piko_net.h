@@ -80,6 +80,11 @@ int pk_net_write_take(struct pk_net_conn *c, uint8_t *buf, size_t len, size_t cr
 /* Convenience for one buffer. */
 int pk_net_write1(struct pk_net_conn *c, const void *buf, size_t len, size_t credit);
 
+/* Writes what the socket takes right now, straight from buf, when nothing is queued ahead
+ * of it (plain TCP only). Returns the bytes written (0: none, or not possible now); those
+ * are on the socket, so the caller may count them as written at once. */
+size_t pk_net_try_write(struct pk_net_conn *c, const void *buf, size_t len);
+
 /* Bytes queued and not yet written. */
 size_t pk_net_queued(const struct pk_net_conn *c);
 

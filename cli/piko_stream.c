@@ -380,9 +380,17 @@ static void pk__answer_error(struct pk_strm *h, unsigned status, const char *msg
 
 static int pk__write_conn(struct pk_strm *h, const uint8_t *d, size_t n)
 {
-	if (pk_net_write1(h->conn, d, n, n) < 0)
+	/* What the socket takes at once is written: its window goes back now, without a
+	 * copy, a write request or a completion callback. The rest is queued and given back
+	 * when its write completes. */
+	size_t done = pk_net_try_write(h->conn, d, n);
+	if (done > 0 && !h->gone)
+		pk_yamux_consumed(h->env.ys, h->id, done);
+	if (done == n)
+		return 0;
+	if (pk_net_write1(h->conn, d + done, n - done, n - done) < 0)
 		return -1;
-	h->credit_out += n;
+	h->credit_out += n - done;
 	return 0;
 }
 

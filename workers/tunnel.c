@@ -75,7 +75,7 @@ struct pk__twrite {
 	uint8_t data[];
 };
 
-#define PK__BATCH_MIN (16 * 1024)
+#define PK__BATCH_MIN  (16 * 1024)
 #define PK__BATCH_BULK (256 * 1024)
 
 static struct pk_tunnel *pk__flush_list;
