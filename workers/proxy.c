@@ -24,6 +24,7 @@
 #include "workers/worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1400,12 +1401,118 @@ void pk_proxy_drain(struct pk_worker *w)
 	}
 }
 
-int pk_proxy_listen(struct pk_worker *w, int fd)
+/* ---- accepting, with tunnel affinity ----
+ *
+ * Every worker accepts from the one listening socket the supervisor bound. A worker that
+ * holds no tunnel while a ready sibling of its generation holds some could only hand each
+ * connection it accepts over to that sibling: a second process, a descriptor passed and a
+ * head parsed twice for nothing. So it stops accepting (the queue is shared: the others
+ * take every connection) and starts again within PK__AFFINITY_MS once it gets a tunnel or
+ * no sibling has one (the holder died or drains). With tunnels on every worker nothing
+ * changes: a request whose tunnel is elsewhere is handed off as before. */
+
+#define PK__AFFINITY_MS 100
+
+enum pk__lstate { PK__L_OFF, PK__L_ON, PK__L_CLOSING };
+
+static int pk__lfd = -1;           /* the inherited listening socket (never closed here) */
+static enum pk__lstate pk__lstate; /* of w->proxy_listener, a handle on a dup of pk__lfd */
+static int pk__lwant;              /* listening is wanted (0 once draining) */
+static uv_timer_t pk__aff_timer;
+
+/* Paused, or stopped for good: the affinity tick decides when to listen again. */
+static void pk__listener_closed(uv_handle_t *h)
 {
+	(void)h;
+	pk__lstate = PK__L_OFF;
+}
+
+static int pk__listener_on(struct pk_worker *w)
+{
+	if (pk__lstate != PK__L_OFF)
+		return 0;
+	int fd = fcntl(pk__lfd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0) {
+		int rc = uv_translate_sys_error(errno);
+		pk_log_error(PK__LOG, "cannot listen again", "error=%s", uv_strerror(rc));
+		return rc;
+	}
 	uv_tcp_init(w->loop, &w->proxy_listener);
 	w->proxy_listener.data = w;
 	int rc = uv_tcp_open(&w->proxy_listener, fd);
-	if (rc == 0)
+	if (rc < 0)
+		close(fd);
+	else
 		rc = uv_listen((uv_stream_t *)&w->proxy_listener, 4096, pk__on_connection);
-	return rc;
+	if (rc < 0) {
+		pk_log_error(PK__LOG, "cannot listen again", "error=%s", uv_strerror(rc));
+		pk__lstate = PK__L_CLOSING;
+		pk__lwant = 0;
+		uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
+		return rc;
+	}
+	pk__lstate = PK__L_ON;
+	return 0;
+}
+
+static void pk__listener_off(struct pk_worker *w)
+{
+	if (pk__lstate != PK__L_ON)
+		return;
+	pk__lstate = PK__L_CLOSING;
+	uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
+}
+
+/* Whether this worker should accept: it holds a tunnel, or no ready sibling of its
+ * generation does. */
+static int pk__should_accept(struct pk_worker *w)
+{
+	if (w->ntunnels > 0)
+		return 1;
+	for (int s = 0; s < PK_MAX_CHILDREN; s++) {
+		struct pk_ctr_child_info ci;
+		if (s == w->slot || pk_counters_get_child(w->ctr, s, &ci) < 0)
+			continue;
+		if (ci.pid > 0 && ci.role == PK_ROLE_WORKER && ci.state == PK_CHILD_READY &&
+		    ci.generation == w->generation && ci.gauges[PK_CTR_G_TUNNELS] > 0)
+			return 0;
+	}
+	return 1;
+}
+
+static void pk__affinity_tick(uv_timer_t *t)
+{
+	struct pk_worker *w = t->data;
+	if (!pk__lwant)
+		return;
+	int on = pk__should_accept(w);
+	if (on && pk__lstate == PK__L_OFF) {
+		pk_log_debug(PK__LOG, "accepting again", NULL);
+		if (pk__listener_on(w) < 0)
+			pk__lwant = 0;
+	} else if (!on && pk__lstate == PK__L_ON) {
+		pk_log_debug(PK__LOG, "not accepting: a sibling holds the tunnels", NULL);
+		pk__listener_off(w);
+	}
+}
+
+int pk_proxy_listen(struct pk_worker *w, int fd)
+{
+	pk__lfd = fd;
+	pk__lwant = 1;
+	int rc = pk__listener_on(w);
+	if (rc < 0)
+		return rc;
+	uv_timer_init(w->loop, &pk__aff_timer);
+	pk__aff_timer.data = w;
+	uv_timer_start(&pk__aff_timer, pk__affinity_tick, PK__AFFINITY_MS, PK__AFFINITY_MS);
+	uv_unref((uv_handle_t *)&pk__aff_timer);
+	return 0;
+}
+
+void pk_proxy_unlisten(struct pk_worker *w)
+{
+	pk__lwant = 0;
+	uv_timer_stop(&pk__aff_timer);
+	pk__listener_off(w);
 }

@@ -11,6 +11,8 @@ struct pk_handoff;
 
 /* Starts accepting clients on the inherited listening socket fd. 0 or a libuv error. */
 int pk_proxy_listen(struct pk_worker *w, int fd);
+/* Stops accepting for good (draining). */
+void pk_proxy_unlisten(struct pk_worker *w);
 
 /* Adopts a client connection another worker handed over (fd is ours now, bytes are what
  * that worker had read: a complete request head and possibly more). 0 or -errno (the

@@ -250,7 +250,7 @@ static void pk__worker_drain(struct pk_child *c, int now)
 	uv_timer_start(&w->drain_timer, pk__drain_linger_done, PK__DRAIN_LINGER_MS + 1, 0);
 	if (w->listeners_open) {
 		w->listeners_open = 0;
-		uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
+		pk_proxy_unlisten(w);
 		uv_close((uv_handle_t *)&w->upstream_listener, pk__listener_closed);
 	}
 	pk_proxy_drain(w);

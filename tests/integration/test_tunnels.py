@@ -59,6 +59,15 @@ def request(addr, method, path, endpoint=None, host=None, headers=None, body=Non
         c.close()
 
 
+def metric(d, sample):
+    """The value of one sample line of pikod's /metrics."""
+    status, hdrs, body = d.http("admin", "GET", "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    raise AssertionError("no %s in /metrics" % sample)
+
+
 def echo_headers(doc, name):
     """Values of header `name` (any case) as the upstream saw them, in order."""
     return [v for k, v in doc["headers"] if k.lower() == name.lower()]
@@ -455,10 +464,28 @@ class TunnelTest(unittest.TestCase):
             self.assertEqual(json.loads(r.body)["path"], "/echo/p%d" % i)
 
     # ---- 12. handoff between workers ----
+    def tunnel_on_another_worker(self, d, endpoint, forward, other_slot):
+        """A tunnel for endpoint on a worker other than other_slot (the kernel picks the
+        accepting worker: bounded retries)."""
+        for _ in range(12):
+            mark = d.mark()
+            agent, rec = self.tunnel(d, endpoint, forward)
+            if rec["slot"] != other_slot:
+                return agent, rec
+            agent.stop()
+            d.wait_msg("upstream disconnected", 10, start=mark, endpoint=endpoint,
+                       tunnel_id=rec["tunnel_id"])
+        self.fail("no tunnel for %s on another worker than slot %s in 12 attempts" % (
+            endpoint, other_slot))
+
     def test_handoff_to_the_worker_holding_the_tunnel(self):
-        d = self.pikod("--log.subsystems", "handoff", workers=4)
-        svc = self.service("handoff")
-        self.tunnel(d, "handoff", svc.forward)
+        # A tunnel on each worker, so both accept (tunnel affinity would otherwise leave
+        # every connection to the one holding "handoff"); requests for "handoff" that the
+        # other worker accepts are handed over with their socket.
+        d = self.pikod("--log.subsystems", "handoff", workers=2)
+        svc, other = self.service("handoff"), self.service("other")
+        _, rec = self.tunnel(d, "handoff", svc.forward)
+        self.tunnel_on_another_worker(d, "other", other.forward, rec["slot"])
         mark = d.mark()
         for i in range(200):
             status, headers, body = request(d.addrs["proxy"], "GET", "/status?code=200",
@@ -487,6 +514,40 @@ class TunnelTest(unittest.TestCase):
         handed, adopted = wait_records(d, matched, 10, "a 'handed off' matched by 'adopted'")
         self.assertGreater(sum(handed.values()), 0)
         self.assertLessEqual(sum(handed.values()), 200)
+
+    def test_workers_without_tunnels_leave_accepting_to_the_holder(self):
+        d = self.pikod("--log.subsystems", "proxy", workers=4)
+        svc = self.service("affinity")
+        mark = d.mark()
+        agent, rec = self.tunnel(d, "affinity", svc.forward)
+        others = {r["slot"] for r in list(d.records)
+                  if r.get("proc") == "worker" and "slot" in r} - {rec["slot"]}
+        self.assertEqual(len(others), 3, others)
+
+        def paused(slots, msg):
+            def pred(records):
+                got = {r.get("slot") for r in records[mark:] if r.get("msg") == msg}
+                return slots <= got and got
+            return pred
+
+        wait_records(d, paused(others, "not accepting: a sibling holds the tunnels"), 10,
+                     "the three workers without a tunnel to stop accepting")
+        sent0 = metric(d, 'pikod_handoffs_total{direction="sent"}')
+        for i in range(100):  # a new connection each
+            status, headers, body = request(d.addrs["proxy"], "GET", "/status?code=200",
+                                            endpoint="affinity")
+            self.assertEqual((status, headers.get("x-upstream-id")), (200, "affinity"),
+                             (i, body[:300]))
+        self.assertEqual(metric(d, 'pikod_handoffs_total{direction="sent"}'), sent0,
+                         "connections were accepted by workers without the tunnel")
+        # The tunnel goes: every worker accepts again.
+        mark = d.mark()
+        agent.stop()
+        wait_records(d, paused(others, "accepting again"), 10,
+                     "the three workers to accept again once no worker holds a tunnel")
+        for i in range(20):
+            self.assertJsonError(request(d.addrs["proxy"], "GET", "/", endpoint="affinity"),
+                                 502, "no available upstreams")
 
     # ---- 13. worker crash ----
     def test_worker_kill_purges_routes_and_agent_comes_back(self):
