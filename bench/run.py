@@ -244,14 +244,14 @@ def piko_agent_works():
     return r.returncode == 0
 
 
-def agent(d, name, up_port, origin_port, kind):
+def agent(d, name, up_port, origin_port, kind, endpoint=ENDPOINT):
     out = os.path.join(d, "agent-%s.log" % name)
     if kind == "piko":
-        argv = [os.path.join(BUILD, "piko"), "agent", "http", ENDPOINT, str(origin_port),
+        argv = [os.path.join(BUILD, "piko"), "agent", "http", endpoint, str(origin_port),
                 "--connect.url", "http://127.0.0.1:%d" % up_port]
     else:
         argv = [os.path.join(BUILD, "interop", "go-agent"), "--url",
-                "http://127.0.0.1:%d" % up_port, "--endpoint", ENDPOINT, "--forward",
+                "http://127.0.0.1:%d" % up_port, "--endpoint", endpoint, "--forward",
                 "127.0.0.1:%d" % origin_port]
     return start(argv, out=out)
 
@@ -493,28 +493,34 @@ def tunnel_workers(admin_port):
 
 
 def handoff(d, R, origin_port, kind, rounds, secs, quick):
-    """Three pikods, access log off:
-    1w        one worker holding the tunnel: the local path;
-    2w        two workers, one tunnel: what the other worker accepts it hands off;
-    2w-local  two workers, a tunnel on each (two agents): every request stays local, so
-              the 2w-vs-2w-local ratio isolates the handoff from the second worker's
-              other costs (two processes sharing the core, accept wake-ups)."""
+    """Four pikods, access log off, requests for endpoint "bench":
+    1w          one worker holding the tunnel: the local path;
+    2w          two workers, one tunnel: the worker without it stops accepting (tunnel
+                affinity), so nothing should be handed off;
+    2w-handoff  two workers, "bench" on one and "other" on the other: both accept, and what
+                the other accepts is handed off (the handoff path);
+    2w-local    two workers, a "bench" tunnel on each: every request stays local, so
+                2w-handoff vs 2w-local isolates the handoff from the second worker's other
+                costs (two processes sharing the core, accept wake-ups)."""
     inst = {}
-    for name, w, n_agents in (("1w", 1, 1), ("2w", 2, 1), ("2w-local", 2, 2)):
+    for name, w, eps in (("1w", 1, [ENDPOINT]), ("2w", 2, [ENDPOINT]),
+                         ("2w-handoff", 2, [ENDPOINT, "other"]),
+                         ("2w-local", 2, [ENDPOINT, ENDPOINT])):
         p, pp, argv = pikod(d, "h" + name, w, ["--proxy.access-log.disable"])
-        ags = [agent(d, "h%s-%d" % (name, i), pp["upstream"], origin_port, kind)
-               for i in range(n_agents)]
+        ags = [agent(d, "h%s-%d" % (name, i), pp["upstream"], origin_port, kind, ep)
+               for i, ep in enumerate(eps)]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             tw = tunnel_workers(pp["admin"])
-            if len(tw) == n_agents and len(set(tw)) == n_agents:
+            if len(tw) == len(eps) and len(set(tw)) == len(eps):
                 break
-            if len(tw) == n_agents:  # both landed on one worker: let the second redial
+            if len(tw) == len(eps):  # both landed on one worker: let the second redial
                 stop(ags[-1])
-                ags[-1] = agent(d, "h%s-%d" % (name, n_agents - 1), pp["upstream"],
-                                origin_port, kind)
+                ags[-1] = agent(d, "h%s-%d" % (name, len(eps) - 1), pp["upstream"],
+                                origin_port, kind, eps[-1])
             time.sleep(0.1)
         wait_http("http://127.0.0.1:%d/1k" % pp["proxy"], {"x-piko-endpoint": ENDPOINT}, 20)
+        time.sleep(0.3)  # past the affinity check (100 ms) of the workers without a tunnel
         inst[name] = (p, pp, ags, argv, tunnel_workers(pp["admin"]))
     hdr = ["x-piko-endpoint: " + ENDPOINT, "Connection: close"]
     names = list(inst)
