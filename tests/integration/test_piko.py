@@ -412,24 +412,21 @@ class PikoTest(unittest.TestCase):
     def test_config_file_errors_name_the_key_and_line(self):
         tmp = self.tmpdir()
         conf = os.path.join(tmp, "bad.conf")
-        with open(conf, "w") as fh:
-            fh.write('listeners = (\n  { endpoint_id = "a"; addr = "3000"; colour = "red"; }\n);\n')
-        code, out, err = run_piko(["agent", "start", "--config", conf])
-        self.assertEqual(code, 2, err)
-        self.assertIn("%s:2: unknown key listeners[0].colour" % conf, err)
-        with open(conf, "w") as fh:
-            fh.write('connect = {\n  url = "gopher://x";\n};\n'
-                     'listeners = ( { endpoint_id = "a"; addr = "3000"; } );\n')
-        code, out, err = run_piko(["agent", "start", "--config", conf])
-        self.assertEqual(code, 2, err)
-        self.assertIn("%s:2: connect.url" % conf, err)
-        # Keys are named as the file spells them (underscores), not as flags.
-        with open(conf, "w") as fh:
-            fh.write('connect = {\n  ping_interval = "5s";\n  stream_window = "64KiB";\n};\n'
-                     'listeners = ( { endpoint_id = "a"; addr = "3000"; } );\n')
-        code, out, err = run_piko(["agent", "start", "--config", conf])
-        self.assertEqual(code, 2, err)
-        self.assertIn("%s:3: connect.stream_window: invalid value \"64KiB\"" % conf, err)
+        listener = 'listeners = ( { endpoint_id = "a"; addr = "3000"; } );\n'
+        cases = [
+            ('listeners = (\n  { endpoint_id = "a"; addr = "3000"; colour = "red"; }\n);\n',
+             "%s:2: unknown key listeners[0].colour"),
+            ('connect = {\n  url = "gopher://x";\n};\n' + listener, "%s:2: connect.url"),
+            # Keys are named as the file spells them (underscores), not as flags.
+            ('connect = {\n  ping_interval = "5s";\n  stream_window = "64KiB";\n};\n' + listener,
+             '%s:3: connect.stream_window: invalid value "64KiB"'),
+        ]
+        for text, named in cases:
+            with open(conf, "w") as fh:
+                fh.write(text)
+            code, out, err = run_piko(["agent", "start", "--config", conf])
+            self.assertEqual(code, 2, err)
+            self.assertIn(named % conf, err)
 
     # ---- bad input ----
     def test_bad_arguments_exit_2_naming_the_argument(self):
