@@ -361,16 +361,24 @@ err_free:
 	return r;
 }
 
-int pk_wsc_send(struct pk_wsc *w, const struct iovec *iov, int n, size_t credit)
+/* The header of a binary message of len bytes, and its mask. Its length, -EPIPE (closing
+ * or not open) or the pk_ws_header error. */
+static int pk__msg_header(struct pk_wsc *w, size_t len, uint8_t hdr[PK_WS_MAX_HEADER],
+                          struct pk_ws_mask *m)
 {
 	if (w->state != PK__W_OPEN || w->ws.close_sent || w->conn == NULL)
 		return -EPIPE;
+	return pk_ws_header(&w->ws, hdr, PK_WS_OP_BINARY, true, len, m);
+}
+
+int pk_wsc_send(struct pk_wsc *w, const struct iovec *iov, int n, size_t credit)
+{
 	size_t len = 0;
 	for (int i = 0; i < n; i++)
 		len += iov[i].iov_len;
 	uint8_t hdr[PK_WS_MAX_HEADER];
 	struct pk_ws_mask m;
-	int h = pk_ws_header(&w->ws, hdr, PK_WS_OP_BINARY, true, len, &m);
+	int h = pk__msg_header(w, len, hdr, &m);
 	if (h < 0)
 		return h;
 	uint8_t *buf = malloc((size_t)h + len);
@@ -387,11 +395,9 @@ int pk_wsc_send(struct pk_wsc *w, const struct iovec *iov, int n, size_t credit)
 
 int pk_wsc_send_inplace(struct pk_wsc *w, uint8_t *buf, size_t len)
 {
-	if (w->state != PK__W_OPEN || w->ws.close_sent || w->conn == NULL)
-		return -EPIPE;
 	uint8_t hdr[PK_WS_MAX_HEADER];
 	struct pk_ws_mask m;
-	int h = pk_ws_header(&w->ws, hdr, PK_WS_OP_BINARY, true, len, &m);
+	int h = pk__msg_header(w, len, hdr, &m);
 	if (h < 0)
 		return h;
 	pk_ws_mask_inplace(&m, buf, len);

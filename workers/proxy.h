@@ -9,7 +9,9 @@
 struct pk_worker;
 struct pk_handoff;
 
-/* Starts accepting clients on the inherited listening socket fd. 0 or a libuv error. */
+/* Starts accepting clients on the inherited listening socket fd (kept open; the worker
+ * listens on a duplicate, which it closes while a sibling holds the tunnels and this
+ * worker holds none: tunnel affinity, see proxy.c). 0 or a libuv error. */
 int pk_proxy_listen(struct pk_worker *w, int fd);
 /* Stops accepting for good (draining). */
 void pk_proxy_unlisten(struct pk_worker *w);
