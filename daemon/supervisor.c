@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -942,6 +943,28 @@ static int pk__self_exe(char *buf, size_t len, const char *argv0)
 	return -errno;
 }
 
+/* Every tunnel and client connection is a descriptor. The soft open-file limit is often
+ * 1024 where the hard one allows far more (systemd's default is 1024:524288), so raise the
+ * soft limit to the hard one, as Piko (Go) does; children inherit it. */
+static void pk__raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t was = rl.rlim_cur;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			pk_log_warn(PK__LOG, "cannot raise the open-file limit",
+			            "soft=%llu hard=%llu error=%s", (unsigned long long)was,
+			            (unsigned long long)rl.rlim_max, strerror(errno));
+			return;
+		}
+	}
+	pk_log_info(PK__LOG, "open-file limit", "limit=%llu was=%llu",
+	            (unsigned long long)rl.rlim_cur, (unsigned long long)was);
+}
+
 int pk_supervisor_run(struct pk_config *cfg, int argc, char **argv)
 {
 	static struct pk__sup sup;
@@ -969,6 +992,7 @@ int pk_supervisor_run(struct pk_config *cfg, int argc, char **argv)
 		s->procs[i].timer.data = &s->procs[i];
 	}
 	pk_log_set_context("proc=%s", "supervisor");
+	pk__raise_nofile();
 	if (pk__self_exe(s->exe, sizeof(s->exe), argv[0]) < 0) {
 		pk_log_error(PK__LOG, "cannot find our own executable", NULL);
 		return 1;

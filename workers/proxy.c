@@ -1351,6 +1351,7 @@ static void pk__on_connection(uv_stream_t *l, int status)
 		pk__close(pc);
 		return;
 	}
+	pk_listener_accepted(&w->proxy_listener, (uv_stream_t *)&pc->tcp);
 	uv_tcp_nodelay(&pc->tcp, 1);
 	pk_worker_peer_name(&pc->tcp, addr, sizeof(addr));
 	pk__set_client(pc, addr);
@@ -1413,55 +1414,7 @@ void pk_proxy_drain(struct pk_worker *w)
 
 #define PK__AFFINITY_MS 100
 
-enum pk__lstate { PK__L_OFF, PK__L_ON, PK__L_CLOSING };
-
-static int pk__lfd = -1;           /* the inherited listening socket (never closed here) */
-static enum pk__lstate pk__lstate; /* of w->proxy_listener, a handle on a dup of pk__lfd */
-static int pk__lwant;              /* listening is wanted (0 once draining) */
 static uv_timer_t pk__aff_timer;
-
-/* Paused, or stopped for good: the affinity tick decides when to listen again. */
-static void pk__listener_closed(uv_handle_t *h)
-{
-	(void)h;
-	pk__lstate = PK__L_OFF;
-}
-
-static int pk__listener_on(struct pk_worker *w)
-{
-	if (pk__lstate != PK__L_OFF)
-		return 0;
-	int fd = fcntl(pk__lfd, F_DUPFD_CLOEXEC, 0);
-	if (fd < 0) {
-		int rc = uv_translate_sys_error(errno);
-		pk_log_error(PK__LOG, "cannot listen again", "error=%s", uv_strerror(rc));
-		return rc;
-	}
-	uv_tcp_init(w->loop, &w->proxy_listener);
-	w->proxy_listener.data = w;
-	int rc = uv_tcp_open(&w->proxy_listener, fd);
-	if (rc < 0)
-		close(fd);
-	else
-		rc = uv_listen((uv_stream_t *)&w->proxy_listener, 4096, pk__on_connection);
-	if (rc < 0) {
-		pk_log_error(PK__LOG, "cannot listen again", "error=%s", uv_strerror(rc));
-		pk__lstate = PK__L_CLOSING;
-		pk__lwant = 0;
-		uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
-		return rc;
-	}
-	pk__lstate = PK__L_ON;
-	return 0;
-}
-
-static void pk__listener_off(struct pk_worker *w)
-{
-	if (pk__lstate != PK__L_ON)
-		return;
-	pk__lstate = PK__L_CLOSING;
-	uv_close((uv_handle_t *)&w->proxy_listener, pk__listener_closed);
-}
 
 /* Whether this worker should accept: it holds a tunnel, or no ready sibling of its
  * generation does. */
@@ -1483,24 +1436,20 @@ static int pk__should_accept(struct pk_worker *w)
 static void pk__affinity_tick(uv_timer_t *t)
 {
 	struct pk_worker *w = t->data;
-	if (!pk__lwant)
-		return;
 	int on = pk__should_accept(w);
-	if (on && pk__lstate == PK__L_OFF) {
+	int paused = (w->proxy_listener.paused & PK_LISTENER_AFFINITY) != 0;
+	if (on && paused) {
 		pk_log_debug(PK__LOG, "accepting again", NULL);
-		if (pk__listener_on(w) < 0)
-			pk__lwant = 0;
-	} else if (!on && pk__lstate == PK__L_ON) {
+		pk_listener_resume(&w->proxy_listener, PK_LISTENER_AFFINITY);
+	} else if (!on && !paused) {
 		pk_log_debug(PK__LOG, "not accepting: a sibling holds the tunnels", NULL);
-		pk__listener_off(w);
+		pk_listener_pause(&w->proxy_listener, PK_LISTENER_AFFINITY);
 	}
 }
 
 int pk_proxy_listen(struct pk_worker *w, int fd)
 {
-	pk__lfd = fd;
-	pk__lwant = 1;
-	int rc = pk__listener_on(w);
+	int rc = pk_listener_start(&w->proxy_listener, w->loop, fd, "proxy", pk__on_connection, w);
 	if (rc < 0)
 		return rc;
 	uv_timer_init(w->loop, &pk__aff_timer);
@@ -1512,7 +1461,6 @@ int pk_proxy_listen(struct pk_worker *w, int fd)
 
 void pk_proxy_unlisten(struct pk_worker *w)
 {
-	pk__lwant = 0;
 	uv_timer_stop(&pk__aff_timer);
-	pk__listener_off(w);
+	pk_listener_stop(&w->proxy_listener);
 }

@@ -265,6 +265,7 @@ static void pk__on_connection(uv_stream_t *l, int status)
 		pk__uconn_close(u);
 		return;
 	}
+	pk_listener_accepted(&w->upstream_listener, (uv_stream_t *)tcp);
 	uv_tcp_nodelay(tcp, 1);
 	pk_worker_peer_name(tcp, u->remote, sizeof(u->remote));
 	uv_timer_start(&u->timer, pk__uconn_timeout, w->cfg->proxy_read_header_timeout_ms, 0);
@@ -273,10 +274,6 @@ static void pk__on_connection(uv_stream_t *l, int status)
 
 int pk_upstream_listen(struct pk_worker *w, int fd)
 {
-	uv_tcp_init(w->loop, &w->upstream_listener);
-	w->upstream_listener.data = w;
-	int rc = uv_tcp_open(&w->upstream_listener, fd);
-	if (rc == 0)
-		rc = uv_listen((uv_stream_t *)&w->upstream_listener, 4096, pk__on_connection);
-	return rc;
+	return pk_listener_start(&w->upstream_listener, w->loop, fd, "upstream", pk__on_connection,
+	                         w);
 }

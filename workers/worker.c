@@ -193,10 +193,6 @@ static void pk__on_handoff(uv_poll_t *p, int status, int events)
 
 /* ---- draining ---- */
 
-static void pk__listener_closed(uv_handle_t *h)
-{
-}
-
 void pk_worker_check_drained(struct pk_worker *w)
 {
 	if (!w->draining)
@@ -251,7 +247,7 @@ static void pk__worker_drain(struct pk_child *c, int now)
 	if (w->listeners_open) {
 		w->listeners_open = 0;
 		pk_proxy_unlisten(w);
-		uv_close((uv_handle_t *)&w->upstream_listener, pk__listener_closed);
+		pk_listener_stop(&w->upstream_listener);
 	}
 	pk_proxy_drain(w);
 	pk__drain_tunnels(w);

@@ -5,6 +5,7 @@
 
 #include "daemon/config.h"
 #include "workers/child.h"
+#include "workers/listener.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -35,7 +36,7 @@ struct pk_worker {
 	struct pk_tunnel *tunnels[PK_TUNNEL_BUCKETS];
 	unsigned ntunnels;
 
-	uv_tcp_t proxy_listener, upstream_listener;
+	struct pk_listener proxy_listener, upstream_listener;
 	int listeners_open;
 	unsigned proxy_conns;    /* client connections on the proxy port */
 	unsigned upstream_conns; /* upstream connections still in their handshake */

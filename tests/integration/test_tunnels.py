@@ -718,6 +718,84 @@ class TunnelTest(unittest.TestCase):
                     raise
         self.assertEqual(code, 502, body)
 
+    def test_agents_beyond_a_workers_descriptors_wait_for_a_sibling_or_for_room(self):
+        # Under a limit of 256 descriptors a worker stops accepting short of it (fd 232).
+        # Agents beyond what it holds must wait in the queue, not be accepted and dropped,
+        # and be taken by a sibling, or by the same worker once descriptors free up.
+        d = Pikod(["--workers", "2"], prefix=("prlimit", "--nofile=256:256"))
+        self.addCleanup(d.stop)
+        d.wait_ready()
+        _, rec = d.wait_msg("open-file limit", proc="supervisor")
+        self.assertEqual(rec["limit"], 256)
+        slots = sorted(d.worker_pids())
+        a_slot, b_slot = slots
+        b_pid = d.worker_pids()[b_slot]
+        socks = {}
+        self.addCleanup(lambda: [s.close() for s in socks.values()])
+
+        def dial(name):
+            s = socket.create_connection(d.addrs["upstream"], timeout=20)
+            s.sendall(("GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: x\r\n"
+                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n" % name).encode())
+            socks[name] = s
+
+        def registered(names):
+            def pred(records):
+                got = {r["endpoint"]: r["slot"] for r in records
+                       if r.get("msg") == "upstream registered" and r.get("endpoint") in names}
+                return len(got) == len(names) and got
+            return pred
+
+        def upgraded(names):
+            for n in names:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = socks[n].recv(4096)
+                    self.assertTrue(chunk, "%s: connection closed before its upgrade" % n)
+                    head += chunk
+                self.assertTrue(head.startswith(b"HTTP/1.1 101 "), (n, head[:100]))
+
+        # Worker B is stopped: A takes agents until it is short of descriptors, and the rest
+        # stay queued.
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            mark = d.mark()
+            first = ["fd%d" % i for i in range(300)]
+            for n in first:
+                dial(n)
+            d.wait_msg("not accepting: near the open-file limit", 20, start=mark,
+                       listener="upstream", fd_limit=256, slot=a_slot)
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        # B goes on: it takes the queued ones. Every agent registers, none was dropped.
+        got = wait_records(d, registered(set(first)), 30, "all 300 agents registered")
+        on_a = sorted(n for n, s in got.items() if s == a_slot)
+        self.assertGreater(len(on_a), 150, "A held only %d" % len(on_a))
+        self.assertLess(len(on_a), 232, "A held %d, beyond its descriptors" % len(on_a))
+        self.assertEqual(len(on_a) + sum(1 for s in got.values() if s == b_slot), 300, got)
+        upgraded(first)
+
+        # Room again on A: 100 of its agents leave while B is stopped; A accepts again and
+        # takes 100 new ones.
+        mark = d.mark()
+        for n in on_a[:100]:
+            socks.pop(n).close()
+        wait_records(d, lambda recs: sum(1 for r in recs[mark:]
+                                         if r.get("msg") == "upstream disconnected") >= 100,
+                     20, "100 agents disconnected")
+        os.kill(b_pid, signal.SIGSTOP)
+        try:
+            second = ["again%d" % i for i in range(100)]
+            for n in second:
+                dial(n)
+            got = wait_records(d, registered(set(second)), 30, "100 new agents registered on A")
+        finally:
+            os.kill(b_pid, signal.SIGCONT)
+        self.assertEqual(set(got.values()), {a_slot})
+        upgraded(second)
+
     # ---- 17. limits ----
     def test_streams_per_upstream_cap_is_503(self):
         # The service behind the agent holds the first request (the agent opens one TCP
