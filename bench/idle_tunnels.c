@@ -3,13 +3,17 @@
  * real agent as far as pikod can tell (WebSocket upgrade on /piko/v1/upstream/<endpoint>,
  * then a yamux client session that answers pings and accepts nothing else to do).
  *
- *	idle_tunnels --port P -n N [--endpoints K] [--sources S] [--concurrency C]
- *	             [--max-seconds T]
+ *	idle_tunnels --port P -n N [--endpoints K] [--first F] [--sources S]
+ *	             [--source-first A] [--concurrency C] [--max-seconds T]
  *
- * Connections come from source addresses 127.0.0.2 .. 127.0.0.(S+1), round robin, so more
- * than one address's ephemeral ports can be used (default S = N / 20000 + 1). Endpoint of
- * connection i is "idle<i % K>" (default K = N: one endpoint per tunnel). At most C
- * handshakes are in flight at once (default 256).
+ * Connections come from source addresses 127.0.0.A .. 127.0.0.(A+S-1), round robin, so more
+ * than one address's ephemeral ports can be used (default A = 2, S = N / 2000 + 1: the
+ * kernel's search for a free ephemeral port to one destination grows with the ports an
+ * address already uses, and made this tool, not pikod, the bottleneck above ~10,000).
+ * Endpoint of connection i is "idle<F + i % K>" (default F = 0, K = N: one endpoint per
+ * tunnel). At most C handshakes are in flight at once (default 256). Several processes
+ * (each within its own open-file limit) open more tunnels than one can: give each its own
+ * F and A.
  *
  * A connection that drops (pikod restarted) is redialed after 20-40 ms (jittered), and after
  * the same delay when the dial is refused, as long as the tool runs.
@@ -58,7 +62,7 @@ struct tun {
 };
 
 static struct tun *tuns;
-static uint32_t n_tun, n_endpoints, n_sources, concurrency;
+static uint32_t n_tun, n_endpoints, n_sources, concurrency, first_endpoint, source_first = 2;
 static uint32_t n_open, n_inflight;
 static uint16_t port;
 static int ep;
@@ -146,7 +150,7 @@ static void dial(uint32_t i)
 	int one = 1;
 	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 	struct sockaddr_in src = {.sin_family = AF_INET};
-	src.sin_addr.s_addr = htonl(0x7f000002u + i % n_sources);
+	src.sin_addr.s_addr = htonl(0x7f000000u + source_first + i % n_sources);
 	if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0) {
 		perror("idle_tunnels: bind");
 		exit(1);
@@ -171,7 +175,7 @@ static void send_upgrade(uint32_t i)
 {
 	struct tun *t = &tuns[i];
 	char key[PK_WS_KEY_LEN + 1], path[64], host[32], req[512];
-	snprintf(path, sizeof(path), "/piko/v1/upstream/idle%u", i % n_endpoints);
+	snprintf(path, sizeof(path), "/piko/v1/upstream/idle%u", first_endpoint + i % n_endpoints);
 	snprintf(host, sizeof(host), "127.0.0.1:%u", port);
 	if (pk_ws_client_key(key) < 0)
 		exit(1);
@@ -317,8 +321,8 @@ static int on_stdin(void)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: idle_tunnels --port P -n N [--endpoints K] [--sources S] "
-	                "[--concurrency C] [--max-seconds T]\n");
+	fprintf(stderr, "usage: idle_tunnels --port P -n N [--endpoints K] [--first F] "
+	                "[--sources S] [--source-first A] [--concurrency C] [--max-seconds T]\n");
 	exit(2);
 }
 
@@ -335,8 +339,12 @@ int main(int argc, char **argv)
 			n_tun = (uint32_t)atol(v);
 		else if (!strcmp(k, "--endpoints"))
 			n_endpoints = (uint32_t)atol(v);
+		else if (!strcmp(k, "--first"))
+			first_endpoint = (uint32_t)atol(v);
 		else if (!strcmp(k, "--sources"))
 			n_sources = (uint32_t)atol(v);
+		else if (!strcmp(k, "--source-first"))
+			source_first = (uint32_t)atol(v);
 		else if (!strcmp(k, "--concurrency"))
 			concurrency = (uint32_t)atol(v);
 		else if (!strcmp(k, "--max-seconds"))
@@ -349,8 +357,8 @@ int main(int argc, char **argv)
 	if (!n_endpoints)
 		n_endpoints = n_tun;
 	if (!n_sources)
-		n_sources = n_tun / 20000 + 1;
-	if (n_sources > 250)
+		n_sources = n_tun / 2000 + 1;
+	if (source_first < 1 || n_sources > 254 || source_first + n_sources > 255)
 		usage();
 	if (!concurrency)
 		concurrency = 256;

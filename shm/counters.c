@@ -17,7 +17,7 @@
 #define PK__OWNER_SPAN (PK_MAX_TUNNELS / PK_MAX_CHILDREN)
 
 _Static_assert(sizeof(PK_CTR_MAGIC) - 1 == 8, "magic is 8 bytes");
-_Static_assert(sizeof(struct pk_ctr_region) <= 4u << 20, "counters region over 4 MiB");
+_Static_assert(sizeof(struct pk_ctr_region) <= 24u << 20, "counters region over 24 MiB");
 _Static_assert(PK_MAX_TUNNELS % PK_MAX_CHILDREN == 0, "owner regions must tile the slots");
 _Static_assert(sizeof(struct pk_ctr_child) % PK_CTR_CACHELINE == 0, "child entry alignment");
 _Static_assert(sizeof(struct pk_ctr_worker) % PK_CTR_CACHELINE == 0, "worker block alignment");
@@ -403,6 +403,12 @@ int pk_counters_tunnel_alloc(struct pk_counters *c, int owner, uint32_t *slot, u
 		__atomic_store_n(&e->tag, t, PK__RELEASE);
 		c->hint_owner = owner;
 		c->hint = (s + 1) % PK_MAX_TUNNELS;
+		/* Scans of every slot stop at the high-water mark. */
+		uint32_t hwm = __atomic_load_n(&c->r->supervisor.tunnels_hwm, PK__RELAXED);
+		while (s + 1 > hwm &&
+		       !__atomic_compare_exchange_n(&c->r->supervisor.tunnels_hwm, &hwm, s + 1, 1,
+		                                    __ATOMIC_ACQ_REL, PK__RELAXED))
+			;
 		*slot = s;
 		*tag = t;
 		return 0;
@@ -423,6 +429,10 @@ int pk_counters_tunnel_free(struct pk_counters *c, int owner, uint32_t slot, uin
 		return -EPERM;
 	__atomic_store_n(&e->streams, 0, PK__RELAXED);
 	__atomic_store_n(&e->owner, 0, PK__RELEASE);
+	/* Reuse low slots first: the table's pages are touched (and resident) only as far
+	 * as tunnels have ever reached, not swept through by churn. */
+	if (c->hint_owner == owner && slot < c->hint)
+		c->hint = slot;
 	return 0;
 }
 
@@ -485,7 +495,10 @@ int pk_counters_release_all_for_worker(struct pk_counters *c, int owner)
 
 	if (owner < 0 || owner >= PK_MAX_CHILDREN)
 		return -EINVAL;
-	for (uint32_t s = 0; s < PK_MAX_TUNNELS; s++) {
+	uint32_t end = __atomic_load_n(&c->r->supervisor.tunnels_hwm, __ATOMIC_ACQUIRE);
+	if (end > PK_MAX_TUNNELS)
+		end = PK_MAX_TUNNELS;
+	for (uint32_t s = 0; s < end; s++) {
 		struct pk_ctr_tunnel *e = &c->r->tunnels[s];
 		uint32_t expect = want;
 

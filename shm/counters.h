@@ -38,12 +38,12 @@
 /* ==== layout (shared memory; no code) ==== */
 
 #define PK_CTR_MAGIC     "PIKOCTRS" /* 8 bytes, no terminator stored */
-#define PK_CTR_VERSION   1
+#define PK_CTR_VERSION   2
 #define PK_CTR_CACHELINE 64
 
 #define PK_MAX_CHILDREN 128
 #define PK_MAX_WORKERS  64
-#define PK_MAX_TUNNELS  65536
+#define PK_MAX_TUNNELS  (1u << 20) /* per node: the packaged LimitNOFILE */
 
 /* Role numbers are workers/child.h's enum pk_role (worker 0, admin 1, cluster 2); the
  * table has room for a few more. */
@@ -123,7 +123,7 @@ struct pk_ctr_supervisor {
 	uint64_t start_time_ns; /* CLOCK_REALTIME when the supervisor started */
 	uint64_t generation;    /* the serving generation */
 	uint32_t flags;         /* PK_CTR_F_* */
-	uint32_t reserved;
+	uint32_t tunnels_hwm;   /* one past the highest tunnel slot ever allocated */
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t restarts[PK_CTR_ROLES]; /* unexpected child exits that were respawned */
 } __attribute__((aligned(PK_CTR_CACHELINE)));

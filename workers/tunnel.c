@@ -470,8 +470,17 @@ static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
 	t->blocked = NULL;
 	uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 	int n = pk_ws_close(&t->ws, frame, sizeof(frame), PK_WS_CLOSE_GOING_AWAY, NULL, 0);
-	if (n > 0)
-		(void)pk__send_raw(t, frame, (size_t)n);
+	int sent = 0;
+	if (n > 0 && t->batch == NULL && t->queued == 0) {
+		/* Nothing queued ahead of it: straight to the socket, without a batch buffer.
+		 * When many agents go at once (a network split), a batch each would be the
+		 * largest allocation of the whole disconnect. */
+		uv_buf_t b = uv_buf_init((char *)frame, (unsigned)n);
+		int wn = uv_try_write((uv_stream_t *)t->tcp, &b, 1);
+		sent = wn > 0 ? wn : 0;
+	}
+	if (n > sent)
+		(void)pk__send_raw(t, frame + sent, (size_t)(n - sent));
 	t->close_sent = 1;
 	pk__unlist(t);
 	pk__flush(t); /* before the FIN below */

@@ -80,6 +80,35 @@ def sha_of_pattern(n):
     return h.hexdigest()
 
 
+def raw_agent(addr, endpoint):
+    """A registration by hand: the upgrade request sent, nothing read. An agent that says
+    nothing after its upgrade is an idle one."""
+    s = socket.create_connection(addr, timeout=20)
+    s.sendall(("GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: x\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n" % endpoint).encode())
+    return s
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise AssertionError("connection closed after %d of %d bytes" % (len(out), n))
+        out += chunk
+    return out
+
+
+def read_upgrade(s):
+    """The response head of a raw_agent, byte by byte so no frame after it is consumed."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += recv_exact(s, 1)
+    return head
+
+
 def expect_upstream(addr, endpoint, upstream_id):
     """One request on a fresh connection through the tunnel: None if the expected upstream
     answered 200, else what came back."""
@@ -734,12 +763,7 @@ class TunnelTest(unittest.TestCase):
         self.addCleanup(lambda: [s.close() for s in socks.values()])
 
         def dial(name):
-            s = socket.create_connection(d.addrs["upstream"], timeout=20)
-            s.sendall(("GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: x\r\n"
-                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                       "Sec-WebSocket-Version: 13\r\n\r\n" % name).encode())
-            socks[name] = s
+            socks[name] = raw_agent(d.addrs["upstream"], name)
 
         def registered(names):
             def pred(records):
@@ -750,11 +774,7 @@ class TunnelTest(unittest.TestCase):
 
         def upgraded(names):
             for n in names:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = socks[n].recv(4096)
-                    self.assertTrue(chunk, "%s: connection closed before its upgrade" % n)
-                    head += chunk
+                head = read_upgrade(socks[n])
                 self.assertTrue(head.startswith(b"HTTP/1.1 101 "), (n, head[:100]))
 
         # Worker B is stopped: A takes agents until it is short of descriptors, and the rest
@@ -795,6 +815,31 @@ class TunnelTest(unittest.TestCase):
             os.kill(b_pid, signal.SIGCONT)
         self.assertEqual(set(got.values()), {a_slot})
         upgraded(second)
+
+    def test_closing_a_tunnel_sends_going_away_then_fin(self):
+        # Stopping pikod closes each tunnel: a WebSocket close frame with 1001 (going away),
+        # then the end of the stream. The frame goes straight to an idle socket.
+        d = self.pikod(workers=1)
+        s = raw_agent(d.addrs["upstream"], "bye")
+        self.addCleanup(s.close)
+        self.assertTrue(read_upgrade(s).startswith(b"HTTP/1.1 101 "))
+        d.wait_msg("upstream registered", endpoint="bye")
+        d.signal(signal.SIGTERM)
+        while True:  # yamux frames (pings) may come first
+            b0, b1 = recv_exact(s, 2)
+            self.assertEqual(b1 & 0x80, 0, "a server frame must not be masked")
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(recv_exact(s, 2), "big")
+            elif n == 127:
+                n = int.from_bytes(recv_exact(s, 8), "big")
+            payload = recv_exact(s, n)
+            if b0 & 0x0F == 0x8:
+                break
+        self.assertEqual(b0, 0x88, "a final close frame")
+        self.assertEqual(int.from_bytes(payload[:2], "big"), 1001, payload)
+        s.settimeout(20)
+        self.assertEqual(s.recv(1), b"", "FIN after the close frame")
 
     # ---- 17. limits ----
     def test_streams_per_upstream_cap_is_503(self):

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -71,8 +72,13 @@ Test(counters, create_gives_cloexec_sealed_fd_of_reasonable_size)
 
 	cr_assert_geq(fd, 0);
 	cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
-	cr_assert_leq(size, (size_t)4 << 20, "region is %zu bytes", size);
+	cr_assert_leq(size, (size_t)24 << 20, "region is %zu bytes", size);
 	cr_assert_geq(size, sizeof(struct pk_ctr_tunnel) * PK_MAX_TUNNELS);
+	/* Room for a million tunnels, but memory only for what was written: the header. */
+	struct stat st;
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert_leq((size_t)st.st_blocks * 512, (size_t)64 << 10, "%lld bytes resident",
+	              (long long)st.st_blocks * 512);
 	cr_assert_eq(ftruncate(fd, 0), -1, "a child could shrink the region");
 	cr_assert_eq(errno, EPERM);
 	close(fd);
@@ -410,6 +416,39 @@ Test(counters, alloc_reports_enospc_when_full)
 	cr_assert_eq(n, PK_MAX_TUNNELS);
 	cr_assert_eq(pk_counters_tunnel_alloc(c, 1, &slot, &tag), -ENOSPC);
 	cr_assert_eq(pk_counters_tunnel_alloc(c, -1, &slot, &tag), -EINVAL);
+	pk_counters_unmap(c);
+}
+
+/* Slots are reused lowest first after frees, and the high-water mark bounds the scan that
+ * releases a dead worker's slots: resident pages follow the tunnels that ever existed. */
+Test(counters, tunnel_slots_stay_compact_and_release_scans_to_the_high_water_mark)
+{
+	struct pk_counters *c = create_and_map(NULL);
+	struct pk_ctr_region *r = pk_counters_region(c);
+	uint32_t slot[100], tag[100], s, t;
+	uint32_t base = 3 * (PK_MAX_TUNNELS / PK_MAX_CHILDREN);
+
+	cr_assert_eq(r->supervisor.tunnels_hwm, 0);
+	for (int i = 0; i < 100; i++) {
+		cr_assert_eq(pk_counters_tunnel_alloc(c, 3, &slot[i], &tag[i]), 0);
+		cr_assert_eq(slot[i], base + (uint32_t)i);
+	}
+	cr_assert_eq(r->supervisor.tunnels_hwm, base + 100);
+	/* Churn: free low slots, allocate again: the freed ones come back, the mark stays. */
+	for (int round = 0; round < 1000; round++) {
+		int i = round % 50;
+		cr_assert_eq(pk_counters_tunnel_free(c, 3, slot[i], tag[i]), 0);
+		cr_assert_eq(pk_counters_tunnel_alloc(c, 3, &s, &t), 0);
+		cr_assert_eq(s, slot[i], "round %d: got slot %u, not the freed %u", round, s,
+		             slot[i]);
+		tag[i] = t;
+	}
+	cr_assert_eq(r->supervisor.tunnels_hwm, base + 100);
+	/* A slot past the mark is never looked at by the release scan (nobody could own it). */
+	r->tunnels[base + 200].owner = 4;
+	cr_assert_eq(pk_counters_release_all_for_worker(c, 3), 100);
+	cr_assert_eq(r->tunnels[base + 200].owner, 4);
+	r->tunnels[base + 200].owner = 0;
 	pk_counters_unmap(c);
 }
 
