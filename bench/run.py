@@ -17,7 +17,8 @@ loop is bounded in count and time and only talks to 127.0.0.0/8.
 Figures: saturation throughput (wrk, keep-alive, 64 connections), latency percentiles at a
 fixed rate of half the tunnel's saturation (bench/rate_client.c, open loop), CPU per request
 (/proc/<pid>/stat of every process under test), a latency-vs-rate sweep (gnuplot PNG), RSS
-per idle tunnel (bench/idle_tunnels.c), time for 10,000 agents to re-register after a pikod
+per idle tunnel with 10,000 and 100,000 tunnels (bench/idle_tunnels.c, one process per 15,000
+tunnels; pikod with as many workers as its per-process open-file limit needs), time for 10,000 agents to re-register after a pikod
 restart, handoff cost with Connection: close (1 worker; 2 workers with the tunnel on one of
 them; 2 workers with a tunnel on each, the like-for-like local path), TCP throughput
 (iperf3: direct, through a TCP endpoint, and through one and three nginx stream relays as
