@@ -41,6 +41,18 @@ static int pk__is_ctl(int c)
 	return (c < 0x20 && c != '\t') || c == 0x7f;
 }
 
+/* Whether none of 8 bytes is below 0x20 or 0x7f: a word of ordinary head bytes. A tab
+ * (allowed) also fails the test; the caller then goes byte by byte. The "below" test has no
+ * false negatives: its borrows can only mark bytes above one truly below 0x20. */
+static int pk__word_plain(uint64_t x)
+{
+	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+	uint64_t below = (x - ones * 0x20) & ~x & high;
+	uint64_t y = x ^ (ones * 0x7f);
+	uint64_t del = (y - ones) & ~y & high;
+	return (below | del) == 0;
+}
+
 static int pk__fail(struct pk_http1_parser *p, int status, const char *reason)
 {
 	p->error_status = status;
@@ -659,6 +671,9 @@ int pk_http1_parser_feed(struct pk_http1_parser *p, const void *data, size_t len
 		if (p->pk__state == PK__S_HEAD && p->pk__prev != '\r') {
 			size_t room = p->pk__max_head - (p->pk__skipped + p->pk__len + (i - start));
 			size_t end = len - i < room ? len : i + room, j = i;
+			uint64_t x;
+			while (end - j >= 8 && (memcpy(&x, d + j, 8), pk__word_plain(x)))
+				j += 8;
 			while (j < end && !pk__is_ctl(d[j]))
 				j++;
 			if (j > i) {

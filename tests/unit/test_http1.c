@@ -247,6 +247,50 @@ Test(reject, nul_in_field_value)
 	cr_assert_str_eq(P.error_reason, "NUL in head");
 }
 
+/* The scanner skips ordinary bytes a word at a time: a control byte must be caught at
+ * every offset and alignment, and tab and bytes 0x80-0xff (obs-text) must still pass. */
+Test(reject, control_byte_at_every_offset_of_a_long_value)
+{
+	static const unsigned char bad[] = {0x00, 0x01, 0x08, 0x0b, 0x1f, 0x7f, '\n'};
+	static const unsigned char good[] = {'\t', 0x80, 0xa0, 0xfe, 0xff, 0x20, 0x7e};
+	char head[128];
+	size_t u;
+	for (size_t skew = 0; skew < 8; skew++) {
+		for (size_t k = 0; k < 40; k++) {
+			for (int good_pass = 0; good_pass < 2; good_pass++) {
+				const unsigned char *set = good_pass ? good : bad;
+				size_t nset = good_pass ? sizeof(good) : sizeof(bad);
+				for (size_t b = 0; b < nset; b++) {
+					int n = snprintf(head, sizeof(head),
+					                 "GET / HTTP/1.1\r\nHost: a\r\n%.*sX: ",
+					                 (int)skew, "ZZZZZZZZ");
+					size_t vstart = (size_t)n;
+					memset(head + vstart, 'v', 40);
+					head[vstart + k] = (char)set[b];
+					memcpy(head + vstart + 40, "v\r\n\r\n", 6);
+					size_t len = vstart + 46;
+					pk_http1_parser_free(&P);
+					cr_assert_eq(
+					    pk_http1_parser_init(&P, PK_HTTP1_REQUEST, NULL), 0);
+					int r = pk_http1_parser_feed(&P, head, len, &u);
+					if (good_pass) {
+						cr_assert_eq(r, 1,
+						             "byte 0x%02x at %zu (skew %zu): %s",
+						             set[b], k, skew,
+						             P.error_reason ? P.error_reason : "");
+					} else {
+						cr_assert_eq(r, -EPROTO,
+						             "byte 0x%02x at %zu (skew %zu) passed",
+						             set[b], k, skew);
+						cr_assert_eq(P.error_status, 400);
+						cr_assert_eq(u, vstart + k, "stopped at the byte");
+					}
+				}
+			}
+		}
+	}
+}
+
 Test(reject, control_characters)
 {
 	REJECT_REQ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01z\r\n\r\n", 400);
