@@ -53,6 +53,10 @@ static int pk__word_plain(uint64_t x)
 	return (below | del) == 0;
 }
 
+static unsigned pk__count(const struct pk_http1_parser *p, enum pk_http1_known id);
+static int pk__has_token(const struct pk_http1_parser *p, enum pk_http1_known id,
+                         const char *token);
+
 static int pk__fail(struct pk_http1_parser *p, int status, const char *reason)
 {
 	p->error_status = status;
@@ -295,6 +299,17 @@ static int pk__on_headers_complete(http_parser *hp)
 	return 0;
 }
 
+/* Gives each parsed header its id, and the parser the mask lookups test first. */
+static void pk__classify(struct pk_http1_parser *p)
+{
+	p->pk__known = 0;
+	for (unsigned i = 0; i < p->n_headers; i++) {
+		struct pk_http1_header *h = &p->headers[i];
+		h->known = pk_http1_known_id(pk_http1_ptr(p, h->name), h->name.len);
+		p->pk__known |= 1u << h->known;
+	}
+}
+
 static int pk__map_hp_error(struct pk_http1_parser *p, enum http_errno e)
 {
 	p->hp_errno = (int)e;
@@ -308,7 +323,8 @@ static int pk__map_hp_error(struct pk_http1_parser *p, enum http_errno e)
 	case HPE_INVALID_CONTENT_LENGTH:
 		return pk__fail(p, 400, "invalid content-length");
 	case HPE_UNEXPECTED_CONTENT_LENGTH:
-		if (pk_http1_count(p, "transfer-encoding") > 0)
+		pk__classify(p); /* the headers read before the error */
+		if (pk__count(p, PK_H_TRANSFER_ENCODING) > 0)
 			return pk__fail(p, 400, "content-length with transfer-encoding");
 		return pk__fail(p, 400, "repeated content-length");
 	case HPE_INVALID_TRANSFER_ENCODING:
@@ -362,13 +378,35 @@ static int pk__run_http_parser(struct pk_http1_parser *p)
 	return 0;
 }
 
+static unsigned pk__count(const struct pk_http1_parser *p, enum pk_http1_known id)
+{
+	unsigned n = 0;
+	for (int i = pk_http1_find_known(p, id, 0); i >= 0; i = pk_http1_find_known(p, id, i + 1))
+		n++;
+	return n;
+}
+
+static const char *pk__get(const struct pk_http1_parser *p, enum pk_http1_known id, size_t *len)
+{
+	int i = pk_http1_find_known(p, id, 0);
+	*len = i < 0 ? 0 : p->headers[i].value.len;
+	return i < 0 ? NULL : pk_http1_ptr(p, p->headers[i].value);
+}
+
 /* Calls fn(ctx, token, len) for each element of each comma list in headers `name`. */
 typedef int (*pk__token_fn)(void *ctx, const char *tok, size_t len);
 
-static int pk__each_token(const struct pk_http1_parser *p, const char *name, pk__token_fn fn,
-                          void *ctx)
+/* The next header at index >= from: by id, or by name for one without an id. */
+static int pk__next(const struct pk_http1_parser *p, enum pk_http1_known id, const char *name,
+                    int from)
 {
-	for (int i = pk_http1_find(p, name, 0); i >= 0; i = pk_http1_find(p, name, i + 1)) {
+	return id != PK_H_OTHER ? pk_http1_find_known(p, id, from) : pk_http1_find(p, name, from);
+}
+
+static int pk__each_token(const struct pk_http1_parser *p, enum pk_http1_known id, const char *name,
+                          pk__token_fn fn, void *ctx)
+{
+	for (int i = pk__next(p, id, name, 0); i >= 0; i = pk__next(p, id, name, i + 1)) {
 		const char *v = pk_http1_ptr(p, p->headers[i].value);
 		size_t n = p->headers[i].value.len, pos = 0;
 
@@ -410,7 +448,7 @@ static int pk__te_token(void *ctx, const char *tok, size_t len)
 
 static int pk__parse_content_length(struct pk_http1_parser *p)
 {
-	int i = pk_http1_find(p, "content-length", 0);
+	int i = pk_http1_find_known(p, PK_H_CONTENT_LENGTH, 0);
 	const char *v = pk_http1_ptr(p, p->headers[i].value);
 	size_t n = p->headers[i].value.len;
 	uint64_t cl = 0;
@@ -431,8 +469,8 @@ static int pk__parse_content_length(struct pk_http1_parser *p)
  * cases). Checked here as well as by libhttp-parser. */
 static int pk__framing(struct pk_http1_parser *p)
 {
-	unsigned ncl = pk_http1_count(p, "content-length");
-	unsigned nte = pk_http1_count(p, "transfer-encoding");
+	unsigned ncl = pk__count(p, PK_H_CONTENT_LENGTH);
+	unsigned nte = pk__count(p, PK_H_TRANSFER_ENCODING);
 	int req = p->type == PK_HTTP1_REQUEST;
 	struct pk__te te = {0, 0, 0};
 
@@ -448,7 +486,7 @@ static int pk__framing(struct pk_http1_parser *p)
 		p->body_kind = req ? PK_HTTP1_BODY_NONE : PK_HTTP1_BODY_UNTIL_CLOSE;
 		return 0;
 	}
-	pk__each_token(p, "transfer-encoding", pk__te_token, &te);
+	pk__each_token(p, PK_H_TRANSFER_ENCODING, NULL, pk__te_token, &te);
 	if (te.total == 0)
 		return pk__fail(p, 400, "empty transfer-encoding");
 	if (te.chunked > 1)
@@ -477,7 +515,7 @@ static int pk__host_char(int c)
 
 static int pk__check_host(struct pk_http1_parser *p)
 {
-	unsigned n = pk_http1_count(p, "host");
+	unsigned n = pk__count(p, PK_H_HOST);
 	size_t len;
 	const char *h;
 
@@ -488,7 +526,7 @@ static int pk__check_host(struct pk_http1_parser *p)
 			return pk__fail(p, 400, "missing host header");
 		return 0;
 	}
-	h = pk_http1_get(p, "host", &len);
+	h = pk__get(p, PK_H_HOST, &len);
 	for (size_t i = 0; i < len; i++)
 		if (!pk__host_char((unsigned char)h[i]))
 			return pk__fail(p, 400, "invalid host header");
@@ -528,7 +566,7 @@ static int pk__check_target(struct pk_http1_parser *p)
 		return pk__fail(p, 400, "invalid request target");
 	if (memchr(t + skip, '@', alen))
 		return pk__fail(p, 400, "userinfo in request target");
-	host = pk_http1_get(p, "host", &host_len);
+	host = pk__get(p, PK_H_HOST, &host_len);
 	if (!host || host_len != alen || !pk__memieq(host, t + skip, alen))
 		return pk__fail(p, 400, "absolute-form target does not match host");
 	return 0;
@@ -545,13 +583,13 @@ static int pk__finish_request(struct pk_http1_parser *p)
 	    (r = pk__framing(p)) < 0)
 		return r;
 	if (p->version_minor == 1)
-		p->keep_alive = !pk_http1_has_token(p, "connection", "close");
+		p->keep_alive = !pk__has_token(p, PK_H_CONNECTION, "close");
 	else
-		p->keep_alive = pk_http1_has_token(p, "connection", "keep-alive") &&
-		                !pk_http1_has_token(p, "connection", "close");
+		p->keep_alive = pk__has_token(p, PK_H_CONNECTION, "keep-alive") &&
+		                !pk__has_token(p, PK_H_CONNECTION, "close");
 	p->upgrade = p->version_minor == 1 && pk_http1_span_ieq(p, p->method, "GET") &&
-	             pk_http1_has_token(p, "connection", "upgrade") &&
-	             pk_http1_has_token(p, "upgrade", "websocket");
+	             pk__has_token(p, PK_H_CONNECTION, "upgrade") &&
+	             pk__has_token(p, PK_H_UPGRADE, "websocket");
 	return 0;
 }
 
@@ -567,10 +605,10 @@ static int pk__finish_response(struct pk_http1_parser *p)
 	if (p->body_kind != PK_HTTP1_BODY_LENGTH)
 		p->content_length = 0;
 	if (p->version_minor == 1)
-		p->keep_alive = !pk_http1_has_token(p, "connection", "close");
+		p->keep_alive = !pk__has_token(p, PK_H_CONNECTION, "close");
 	else
-		p->keep_alive = pk_http1_has_token(p, "connection", "keep-alive") &&
-		                !pk_http1_has_token(p, "connection", "close");
+		p->keep_alive = pk__has_token(p, PK_H_CONNECTION, "keep-alive") &&
+		                !pk__has_token(p, PK_H_CONNECTION, "close");
 	if (p->body_kind == PK_HTTP1_BODY_UNTIL_CLOSE)
 		p->keep_alive = 0;
 	if (s == 101) {
@@ -601,6 +639,7 @@ static int pk__finish(struct pk_http1_parser *p)
 		return r;
 	if (p->n_headers != count)
 		return pk__fail(p, 400, "malformed head");
+	pk__classify(p);
 	return p->type == PK_HTTP1_REQUEST ? pk__finish_request(p) : pk__finish_response(p);
 }
 
@@ -741,9 +780,67 @@ int pk_http1_span_ieq(const struct pk_http1_parser *p, struct pk_http1_span s, c
 	return strlen(str) == s.len && pk__memieq(v, str, s.len);
 }
 
+static int pk__is(const char *s, size_t n, const char *lower, size_t ln)
+{
+	return n == ln && pk__memieq(s, lower, n);
+}
+
+#define PK__IS(lit) pk__is(s, n, lit, sizeof(lit) - 1)
+
+enum pk_http1_known pk_http1_known_id(const char *s, size_t n)
+{
+	if (n < 2 || n > 19)
+		return PK_H_OTHER;
+	switch (pk__lower((unsigned char)s[0])) {
+	case 'h':
+		return PK__IS("host") ? PK_H_HOST : PK_H_OTHER;
+	case 'c':
+		return PK__IS("content-length") ? PK_H_CONTENT_LENGTH
+		       : PK__IS("connection")   ? PK_H_CONNECTION
+		                                : PK_H_OTHER;
+	case 't':
+		return PK__IS("transfer-encoding") ? PK_H_TRANSFER_ENCODING
+		       : PK__IS("te")              ? PK_H_TE
+		       : PK__IS("trailer")         ? PK_H_TRAILER
+		                                   : PK_H_OTHER;
+	case 'u':
+		return PK__IS("upgrade") ? PK_H_UPGRADE : PK_H_OTHER;
+	case 'k':
+		return PK__IS("keep-alive") ? PK_H_KEEP_ALIVE : PK_H_OTHER;
+	case 'p':
+		return PK__IS("proxy-connection")      ? PK_H_PROXY_CONNECTION
+		       : PK__IS("proxy-authenticate")  ? PK_H_PROXY_AUTHENTICATE
+		       : PK__IS("proxy-authorization") ? PK_H_PROXY_AUTHORIZATION
+		                                       : PK_H_OTHER;
+	case 'x':
+		return PK__IS("x-forwarded-for")     ? PK_H_X_FORWARDED_FOR
+		       : PK__IS("x-forwarded-proto") ? PK_H_X_FORWARDED_PROTO
+		       : PK__IS("x-piko-forward")    ? PK_H_X_PIKO_FORWARD
+		       : PK__IS("x-piko-endpoint")   ? PK_H_X_PIKO_ENDPOINT
+		                                     : PK_H_OTHER;
+	default:
+		return PK_H_OTHER;
+	}
+}
+
+#undef PK__IS
+
+int pk_http1_find_known(const struct pk_http1_parser *p, enum pk_http1_known id, int from)
+{
+	if (id == PK_H_OTHER || !(p->pk__known & (1u << id)))
+		return -1;
+	for (unsigned i = from < 0 ? 0 : (unsigned)from; i < p->n_headers; i++)
+		if (p->headers[i].known == (unsigned)id)
+			return (int)i;
+	return -1;
+}
+
 int pk_http1_find(const struct pk_http1_parser *p, const char *name, int from)
 {
 	size_t nlen = strlen(name);
+	enum pk_http1_known id = pk_http1_known_id(name, nlen);
+	if (id != PK_H_OTHER)
+		return pk_http1_find_known(p, id, from);
 	for (unsigned i = from < 0 ? 0 : (unsigned)from; i < p->n_headers; i++) {
 		const struct pk_http1_span *h = &p->headers[i].name;
 		if (h->len == nlen && pk__memieq(pk_http1_ptr(p, *h), name, nlen))
@@ -776,9 +873,15 @@ static int pk__token_eq(void *ctx, const char *tok, size_t len)
 	return strlen(want) == len && pk__memieq(tok, want, len);
 }
 
+static int pk__has_token(const struct pk_http1_parser *p, enum pk_http1_known id, const char *token)
+{
+	return pk__each_token(p, id, NULL, pk__token_eq, (void *)token) != 0;
+}
+
 int pk_http1_has_token(const struct pk_http1_parser *p, const char *name, const char *token)
 {
-	return pk__each_token(p, name, pk__token_eq, (void *)token) != 0;
+	return pk__each_token(p, pk_http1_known_id(name, strlen(name)), name, pk__token_eq,
+	                      (void *)token) != 0;
 }
 
 /* ---- endpoint ---- */
@@ -813,15 +916,15 @@ int pk_http1_endpoint(const struct pk_http1_parser *p, const char **id, size_t *
 	const char *v;
 	size_t n;
 
-	for (int i = pk_http1_find(p, "x-piko-endpoint", 0); i >= 0;
-	     i = pk_http1_find(p, "x-piko-endpoint", i + 1)) {
+	for (int i = pk_http1_find_known(p, PK_H_X_PIKO_ENDPOINT, 0); i >= 0;
+	     i = pk_http1_find_known(p, PK_H_X_PIKO_ENDPOINT, i + 1)) {
 		if (p->headers[i].value.len > 0) {
 			*id = pk_http1_ptr(p, p->headers[i].value);
 			*len = p->headers[i].value.len;
 			return 1;
 		}
 	}
-	v = pk_http1_get(p, "host", &n);
+	v = pk__get(p, PK_H_HOST, &n);
 	if (!v || !pk_http1_endpoint_from_host(v, n, len))
 		return 0;
 	*id = v;
@@ -856,11 +959,6 @@ static void pk__put_span(struct pk__w *w, const struct pk_http1_parser *p, struc
 	pk__put(w, pk_http1_ptr(p, s), s.len);
 }
 
-static const char *const pk__hop_by_hop[] = {
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te",         "trailer",    "upgrade",          "x-forwarded-proto",  "x-piko-forward",
-};
-
 struct pk__named {
 	const struct pk_http1_parser *p;
 	struct pk_http1_span name;
@@ -877,25 +975,35 @@ static int pk__drop_header(const struct pk_http1_parser *p, const struct pk_http
 {
 	struct pk__named named = {p, h->name};
 
-	for (size_t i = 0; i < sizeof(pk__hop_by_hop) / sizeof(pk__hop_by_hop[0]); i++)
-		if (pk_http1_span_ieq(p, h->name, pk__hop_by_hop[i]))
-			return 1;
-	if (pk_http1_span_ieq(p, h->name, "x-forwarded-for"))
+	switch ((enum pk_http1_known)h->known) {
+	case PK_H_CONNECTION:
+	case PK_H_KEEP_ALIVE:
+	case PK_H_PROXY_CONNECTION:
+	case PK_H_PROXY_AUTHENTICATE:
+	case PK_H_PROXY_AUTHORIZATION:
+	case PK_H_TE:
+	case PK_H_TRAILER:
+	case PK_H_UPGRADE:
+	case PK_H_X_FORWARDED_PROTO:
+	case PK_H_X_PIKO_FORWARD:
+		return 1; /* hop-by-hop, or ours to set */
+	case PK_H_X_FORWARDED_FOR:
 		return o->client_addr != NULL;
-	if (pk_http1_span_ieq(p, h->name, "transfer-encoding"))
+	case PK_H_TRANSFER_ENCODING:
 		return p->body_kind != PK_HTTP1_BODY_CHUNKED;
-	/* The framing and routing headers stay whatever Connection says. */
-	if (pk_http1_span_ieq(p, h->name, "host") ||
-	    pk_http1_span_ieq(p, h->name, "content-length"))
-		return 0;
-	return pk__each_token(p, "connection", pk__token_is_name, &named) != 0;
+	case PK_H_HOST:
+	case PK_H_CONTENT_LENGTH:
+		return 0; /* framing and routing headers stay whatever Connection says */
+	default:
+		return pk__each_token(p, PK_H_CONNECTION, NULL, pk__token_is_name, &named) != 0;
+	}
 }
 
 static void pk__put_xff(struct pk__w *w, const struct pk_http1_parser *p, const char *addr)
 {
 	pk__puts(w, "X-Forwarded-For: ");
-	for (int i = pk_http1_find(p, "x-forwarded-for", 0); i >= 0;
-	     i = pk_http1_find(p, "x-forwarded-for", i + 1)) {
+	for (int i = pk_http1_find_known(p, PK_H_X_FORWARDED_FOR, 0); i >= 0;
+	     i = pk_http1_find_known(p, PK_H_X_FORWARDED_FOR, i + 1)) {
 		if (p->headers[i].value.len == 0)
 			continue;
 		pk__put_span(w, p, p->headers[i].value);
@@ -921,7 +1029,7 @@ ssize_t pk_http1_build_proxy_request(const struct pk_http1_parser *p,
 	pk__put_span(&w, p, p->target);
 	pk__puts(&w, " HTTP/1.1\r\n");
 	/* HTTP/1.1 requires a Host; an HTTP/1.0 request may lack one (RFC 9112 3.2: empty). */
-	if (pk_http1_count(p, "host") == 0)
+	if (pk__count(p, PK_H_HOST) == 0)
 		pk__puts(&w, "Host: \r\n");
 	for (unsigned i = 0; i < p->n_headers; i++) {
 		const struct pk_http1_header *h = &p->headers[i];

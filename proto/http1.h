@@ -78,10 +78,33 @@ struct pk_http1_span {
 	uint32_t len;
 };
 
+/* Header names the parser and the proxy look for, recognised once per header at parse
+ * time (case-insensitively) so that lookups and hop-by-hop checks compare small numbers. */
+enum pk_http1_known {
+	PK_H_OTHER = 0,
+	PK_H_HOST,
+	PK_H_CONTENT_LENGTH,
+	PK_H_TRANSFER_ENCODING,
+	PK_H_CONNECTION,
+	PK_H_UPGRADE,
+	PK_H_KEEP_ALIVE,
+	PK_H_PROXY_CONNECTION,
+	PK_H_PROXY_AUTHENTICATE,
+	PK_H_PROXY_AUTHORIZATION,
+	PK_H_TE,
+	PK_H_TRAILER,
+	PK_H_X_FORWARDED_FOR,
+	PK_H_X_FORWARDED_PROTO,
+	PK_H_X_PIKO_FORWARD,
+	PK_H_X_PIKO_ENDPOINT,
+	PK_H__COUNT
+};
+
 /* One header line: name as sent, value without surrounding whitespace. */
 struct pk_http1_header {
 	struct pk_http1_span name;
 	struct pk_http1_span value;
+	unsigned known; /* enum pk_http1_known of the name */
 };
 
 struct pk_http1_limits {
@@ -117,6 +140,7 @@ struct pk_http1_parser {
 	size_t pk__cap, pk__len, pk__skipped;
 	size_t pk__max_head;
 	unsigned pk__max_headers, pk__hcap;
+	uint32_t pk__known; /* bit k: a header with known == k is present */
 	int pk__state, pk__prev, pk__line_len, pk__last_cb;
 };
 
@@ -161,6 +185,12 @@ int pk_http1_span_ieq(const struct pk_http1_parser *p, struct pk_http1_span s, c
  * it to walk a header that appears several times:
  *     for (int i = pk_http1_find(p, "x", 0); i >= 0; i = pk_http1_find(p, "x", i + 1)) */
 int pk_http1_find(const struct pk_http1_parser *p, const char *name, int from);
+
+/* The same for a known name: a bit test when no such header is present. */
+int pk_http1_find_known(const struct pk_http1_parser *p, enum pk_http1_known id, int from);
+
+/* The enum pk_http1_known of a header name (any case), PK_H_OTHER if not one of them. */
+enum pk_http1_known pk_http1_known_id(const char *name, size_t len);
 
 /* Value of the first header named `name`, or NULL. *len gets its length (len may be NULL). */
 const char *pk_http1_get(const struct pk_http1_parser *p, const char *name, size_t *len);

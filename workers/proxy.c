@@ -438,18 +438,26 @@ static const struct pk_tstream_ops pk__xops = {
     .on_writable = pk__x_on_writable,
 };
 
-static const char *const pk__hop_headers[] = {
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", NULL};
-
 static int pk__is_hop(const struct pk_http1_parser *p, const struct pk_http1_header *h)
 {
-	for (int i = 0; pk__hop_headers[i]; i++)
-		if (pk_http1_span_ieq(p, h->name, pk__hop_headers[i]))
-			return 1;
+	switch ((enum pk_http1_known)h->known) {
+	case PK_H_CONNECTION:
+	case PK_H_KEEP_ALIVE:
+	case PK_H_PROXY_CONNECTION:
+	case PK_H_TE:
+	case PK_H_TRAILER:
+	case PK_H_UPGRADE:
+		return 1;
+	case PK_H_CONTENT_LENGTH:
+	case PK_H_TRANSFER_ENCODING:
+		return 0; /* framing stays whatever Connection says */
+	default:
+		break;
+	}
 	/* headers named in Connection */
 	const char *name = pk_http1_ptr(p, h->name);
-	for (int i = pk_http1_find(p, "connection", 0); i >= 0;
-	     i = pk_http1_find(p, "connection", i + 1)) {
+	for (int i = pk_http1_find_known(p, PK_H_CONNECTION, 0); i >= 0;
+	     i = pk_http1_find_known(p, PK_H_CONNECTION, i + 1)) {
 		const char *v = pk_http1_ptr(p, p->headers[i].value);
 		size_t vlen = p->headers[i].value.len, pos = 0;
 		while (pos < vlen) {
@@ -459,9 +467,7 @@ static int pk__is_hop(const struct pk_http1_parser *p, const struct pk_http1_hea
 			while (pos < vlen && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
 				pos++;
 			if (pos > start && pos - start == h->name.len &&
-			    strncasecmp(v + start, name, h->name.len) == 0 &&
-			    !pk_http1_span_ieq(p, h->name, "content-length") &&
-			    !pk_http1_span_ieq(p, h->name, "transfer-encoding"))
+			    strncasecmp(v + start, name, h->name.len) == 0)
 				return 1;
 		}
 	}

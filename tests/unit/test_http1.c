@@ -2,6 +2,8 @@
 #include "proto/http1.h"
 
 #include <criterion/criterion.h>
+
+#include <ctype.h>
 #include <errno.h>
 #include <http_parser.h>
 #include <stdio.h>
@@ -554,6 +556,71 @@ Test(head, header_lookup_helpers)
 	cr_assert_eq(memcmp(v, "test/1.0", 8), 0);
 	cr_assert_null(pk_http1_get(&P, "nope", &len));
 	cr_assert_eq(len, 0);
+}
+
+Test(head, known_names_get_their_id_in_any_case)
+{
+	static const struct {
+		const char *name;
+		enum pk_http1_known id;
+	} names[] = {
+	    {"host", PK_H_HOST},
+	    {"content-length", PK_H_CONTENT_LENGTH},
+	    {"transfer-encoding", PK_H_TRANSFER_ENCODING},
+	    {"connection", PK_H_CONNECTION},
+	    {"upgrade", PK_H_UPGRADE},
+	    {"keep-alive", PK_H_KEEP_ALIVE},
+	    {"proxy-connection", PK_H_PROXY_CONNECTION},
+	    {"proxy-authenticate", PK_H_PROXY_AUTHENTICATE},
+	    {"proxy-authorization", PK_H_PROXY_AUTHORIZATION},
+	    {"te", PK_H_TE},
+	    {"trailer", PK_H_TRAILER},
+	    {"x-forwarded-for", PK_H_X_FORWARDED_FOR},
+	    {"x-forwarded-proto", PK_H_X_FORWARDED_PROTO},
+	    {"x-piko-forward", PK_H_X_PIKO_FORWARD},
+	    {"x-piko-endpoint", PK_H_X_PIKO_ENDPOINT},
+	};
+	cr_assert_eq(sizeof(names) / sizeof(names[0]), PK_H__COUNT - 1, "every id is listed");
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char up[32], cut[32];
+		size_t n = strlen(names[i].name);
+		for (size_t k = 0; k <= n; k++)
+			up[k] = (char)toupper((unsigned char)names[i].name[k]);
+		cr_assert_eq(pk_http1_known_id(names[i].name, n), names[i].id, "%s", names[i].name);
+		cr_assert_eq(pk_http1_known_id(up, n), names[i].id, "%s", up);
+		/* one byte short, one byte off, one byte more: not the name */
+		cr_assert_eq(pk_http1_known_id(names[i].name, n - 1), PK_H_OTHER, "%s-1", up);
+		memcpy(cut, names[i].name, n + 1);
+		cut[n - 1] ^= 0x01;
+		cr_assert_eq(pk_http1_known_id(cut, n), PK_H_OTHER, "%s", cut);
+		memcpy(cut, names[i].name, n);
+		cut[n] = 's';
+		cr_assert_eq(pk_http1_known_id(cut, n + 1), PK_H_OTHER, "%.*s", (int)n + 1, cut);
+	}
+	cr_assert_eq(pk_http1_known_id("x-forwarded-host", 16), PK_H_OTHER);
+	cr_assert_eq(pk_http1_known_id("", 0), PK_H_OTHER);
+
+	/* After a parse: each header carries its id, and lookups by id or by name agree. */
+	cr_assert_eq(req("GET / HTTP/1.1\r\nHOST: a\r\nX-Other: 1\r\ntE: trailers\r\n"
+	                 "te: x\r\n\r\n"),
+	             1);
+	cr_assert_eq(P.headers[0].known, PK_H_HOST);
+	cr_assert_eq(P.headers[1].known, PK_H_OTHER);
+	cr_assert_eq(P.headers[2].known, PK_H_TE);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_TE, 0), 2);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_TE, 3), 3);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_TE, 4), -1);
+	cr_assert_eq(pk_http1_find(&P, "TE", 3), 3);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_UPGRADE, 0), -1);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_OTHER, 0), -1);
+	cr_assert_eq(pk_http1_find(&P, "x-other", 0), 1);
+	/* The next message on the same parser forgets the previous one's headers. */
+	pk_http1_parser_reset(&P);
+	size_t u;
+	static const char second[] = "GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+	cr_assert_eq(pk_http1_parser_feed(&P, second, sizeof(second) - 1, &u), 1);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_TE, 0), -1);
+	cr_assert_eq(pk_http1_find_known(&P, PK_H_HOST, 0), 0);
 }
 
 Test(head, has_token)
