@@ -36,6 +36,13 @@ static int pk__is_ows(int c)
 	return c == ' ' || c == '\t';
 }
 
+/* tchar (RFC 9110 5.6.2): what a field name is made of. */
+static int pk__is_tchar(int c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 static int pk__is_ctl(int c)
 {
 	return (c < 0x20 && c != '\t') || c == 0x7f;
@@ -173,6 +180,16 @@ static int pk__check_lines(struct pk_http1_parser *p, unsigned *count)
 			return pk__fail(p, 400, "empty header name");
 		if (pk__is_ows((unsigned char)colon[-1]))
 			return pk__fail(p, 400, "whitespace before colon");
+		/* libhttp-parser (as packaged, not strict) lets spaces into names: a name such as
+		 * "Transfer-Encoding x" would reach the upstream as it came. */
+		for (const char *c = line; c < colon; c++)
+			if (!pk__is_tchar((unsigned char)*c))
+				return pk__fail(p, 400, "invalid header field");
+		/* libhttp-parser takes any name that starts with "Transfer-Encoding" for it,
+		 * except in what it deems an upgrade; we take only the exact name. Refuse what the
+		 * two would frame differently (and any server might). */
+		if ((size_t)(colon - line) > 17 && pk__memieq(line, "transfer-encoding", 17))
+			return pk__fail(p, 400, "invalid header field");
 		if (++*count > p->pk__max_headers)
 			return pk__fail(p, 431, "too many header fields");
 		pos += ll + 2;

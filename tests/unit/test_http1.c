@@ -225,6 +225,45 @@ Test(reject, whitespace_before_colon)
 	REJECT_REQ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400);
 }
 
+/* libhttp-parser, built without strict mode, takes spaces inside a field name; a proxy must
+ * not pass "Transfer-Encoding x" on (found by fuzz_http1: the re-parsed forward failed). */
+Test(reject, field_name_that_is_not_a_token)
+{
+	static const char *const names[] = {"Transfer-Encoding c",
+	                                    "X Y",
+	                                    "X\tY",
+	                                    "X(Y)",
+	                                    "X\"Y",
+	                                    "X/Y",
+	                                    "X,Y",
+	                                    "X@Y",
+	                                    "X[Y]",
+	                                    "X{Y}",
+	                                    "X=Y",
+	                                    "X?Y",
+	                                    "X\x80Y",
+	                                    "X;Y",
+	                                    "X\\Y"};
+	char head[128];
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\n%s: v\r\n\r\n",
+		         names[i]);
+		assert_rejected(PK_HTTP1_REQUEST, head, 400);
+		snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\n%s: v\r\n\r\n", names[i]);
+		assert_rejected(PK_HTTP1_RESPONSE, head, 400);
+	}
+	/* a longer name that libhttp-parser would take for Transfer-Encoding */
+	REJECT_REQ("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding-: x\r\n\r\n", 400);
+	REJECT_REQ("GET /c HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\n"
+	           "transfer-encodingX: x\r\n\r\n",
+	           400);
+	REJECT_RESP("HTTP/1.1 200 OK\r\nTRANSFER-ENCODING0: x\r\n\r\n", 400);
+	cr_assert_eq(req("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encodin: x\r\n\r\n"), 1);
+	/* every tchar is fine */
+	cr_assert_eq(req("GET / HTTP/1.1\r\nHost: a\r\nA!#$%&'*+-.^_`|~z09: v\r\n\r\n"), 1);
+	cr_assert_eq(P.n_headers, 2);
+}
+
 Test(reject, bare_lf)
 {
 	REJECT_REQ("GET / HTTP/1.1\nHost: a\n\n", 400);
