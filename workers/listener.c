@@ -167,6 +167,12 @@ void pk_listener_stop(struct pk_listener *l)
 	l->stopped = 1;
 	uv_timer_stop(&l->probe);
 	(void)pk__sync(l);
+	/* For good: let go of the inherited socket too, so that a listener the supervisor
+	 * closed (its address changed in a reload) is not kept bound by a draining worker. */
+	if (l->fd >= 0) {
+		close(l->fd);
+		l->fd = -1;
+	}
 }
 
 int pk_listener_on(const struct pk_listener *l)

@@ -29,7 +29,7 @@ struct pk_listener {
 	uv_connection_cb on_conn;
 	void *data;
 	const char *name; /* "proxy", "upstream": the log's listener field */
-	int fd;           /* the inherited listening socket; never closed here */
+	int fd;           /* the inherited listening socket; closed only by pk_listener_stop */
 	int state;        /* PK__LS_* in listener.c */
 	int stopped;      /* for good: draining */
 	unsigned paused;  /* pk_listener_why bits */
@@ -50,7 +50,7 @@ void pk_listener_accepted(struct pk_listener *l, uv_stream_t *conn);
 void pk_listener_pause(struct pk_listener *l, unsigned why);
 void pk_listener_resume(struct pk_listener *l, unsigned why);
 
-/* Stops accepting for good (draining). */
+/* Stops accepting for good (draining), and closes the inherited socket. */
 void pk_listener_stop(struct pk_listener *l);
 
 /* 1 while a duplicate is listening. */

@@ -158,6 +158,10 @@ class DaemonTest(unittest.TestCase):
                        config='upstream = { bind_addr = "127.0.0.1:%d"; };\n' % p1).wait_ready()
         self.assertEqual(d.addrs["upstream"][1], p1)
         proxy_before = d.addrs["proxy"]
+        # A head that never completes keeps the old worker draining (up to the grace period).
+        held = socket.create_connection(proxy_before, timeout=10)
+        self.addCleanup(held.close)
+        held.sendall(b"GET / HTTP/1.1\r\nHost: ep.example.com\r\n")
         with open(d.config_path, "w") as f:
             f.write('upstream = { bind_addr = "127.0.0.1:%d"; };\n' % p2)
         mark = d.mark()
@@ -172,7 +176,15 @@ class DaemonTest(unittest.TestCase):
         c.request("GET", "/nope")
         self.assertEqual(c.getresponse().status, 404)
         c.close()
-        # The old address is closed once the old generation is gone.
+        # The old address is closed as soon as the old generation drains, even while its
+        # worker still finishes a request (here a head that never completes).
+        old_pid = list(d.worker_pids(generation=1).values())[0]
+        d.wait_log(lambda r: r.get("msg") == "draining" and r.get("pid") == old_pid, 15,
+                   start=mark, what="the old worker draining")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", p1), timeout=5).close()
+        os.kill(old_pid, 0)  # still there: refused while the old worker drains
+        held.close()
         for pid in d.worker_pids(generation=1).values():
             d.wait_log(lambda r, p=pid: r.get("msg") == "child exited" and r.get("child_pid") == p,
                        15, what="exit of old worker")
