@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,10 +170,15 @@ Test(listener, reasons_stop_and_start_accepting_independently)
 	want_accepted = 2;
 	run_until(reached_count, "a new connection accepted");
 
+	/* Stopped for good: the inherited socket is let go too, so the port refuses. */
 	pk_listener_stop(&lis);
 	pk_listener_resume(&lis, PK_LISTENER_AFFINITY | PK_LISTENER_FDS);
 	run_until(is_off, "stopped for good");
-	int c3 = dial();
+	cr_assert_eq(fcntl(lfd, F_GETFD), -1, "the inherited socket is closed");
+	cr_assert_eq(errno, EBADF);
+	int c3 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(c3, (struct sockaddr *)&addr, sizeof(addr)), -1);
+	cr_assert_eq(errno, ECONNREFUSED, "connect: %s", strerror(errno));
 	for (int i = 0; i < 20; i++)
 		uv_run(&loop, UV_RUN_NOWAIT);
 	cr_assert_eq(naccepted, 2, "nothing accepted once stopped");
