@@ -172,6 +172,7 @@ void pk_listener_stop(struct pk_listener *l)
 	if (l->fd >= 0) {
 		close(l->fd);
 		l->fd = -1;
+		pk_log_debug(PK__LOG, "stopped accepting for good", "listener=%s", l->name);
 	}
 }
 

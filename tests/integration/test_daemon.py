@@ -154,7 +154,8 @@ class DaemonTest(unittest.TestCase):
 
     def test_sighup_with_changed_address_moves_listener(self):
         p1, p2 = free_port(), free_port()
-        d = self.start(["--workers", "1"], ports=("proxy", "admin", "cluster"),
+        d = self.start(["--workers", "1", "--log.subsystems", "listener"],
+                       ports=("proxy", "admin", "cluster"),
                        config='upstream = { bind_addr = "127.0.0.1:%d"; };\n' % p1).wait_ready()
         self.assertEqual(d.addrs["upstream"][1], p1)
         proxy_before = d.addrs["proxy"]
@@ -179,8 +180,9 @@ class DaemonTest(unittest.TestCase):
         # The old address is closed as soon as the old generation drains, even while its
         # worker still finishes a request (here a head that never completes).
         old_pid = list(d.worker_pids(generation=1).values())[0]
-        d.wait_log(lambda r: r.get("msg") == "draining" and r.get("pid") == old_pid, 15,
-                   start=mark, what="the old worker draining")
+        d.wait_log(lambda r: r.get("msg") == "stopped accepting for good" and
+                   r.get("listener") == "upstream" and r.get("pid") == old_pid, 15,
+                   start=mark, what="the old worker letting go of the upstream listener")
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", p1), timeout=5).close()
         os.kill(old_pid, 0)  # still there: refused while the old worker drains
