@@ -111,15 +111,12 @@ int pk_listener_start(struct pk_listener *l, uv_loop_t *loop, int fd, const char
                       uv_connection_cb on_conn, void *data)
 {
 	struct rlimit rl;
-	l->loop = loop;
-	l->fd = fd;
-	l->name = name;
-	l->on_conn = on_conn;
-	l->data = data;
-	l->state = PK__LS_OFF;
-	l->stopped = 0;
-	l->paused = 0;
-	l->warned_ms = 0;
+	*l = (struct pk_listener){.loop = loop,
+	                          .on_conn = on_conn,
+	                          .data = data,
+	                          .name = name,
+	                          .fd = fd,
+	                          .state = PK__LS_OFF};
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur > 1 << 30)
 		l->fd_limit = 1 << 30;
