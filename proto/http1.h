@@ -133,7 +133,7 @@ struct pk_http1_parser {
 	/* Rejection: valid after feed returned -EPROTO. */
 	int error_status;         /* 400, 431, 501 or 505 */
 	const char *error_reason; /* static, short, lower case, e.g. "bare LF in head" */
-	int hp_errno;             /* libhttp-parser's enum http_errno when it rejected, else 0 */
+	int hp_errno; /* libhttp-parser's enum http_errno when it rejected a request, else 0 */
 
 	/* Private. */
 	char *pk__buf;

@@ -728,6 +728,24 @@ Test(head, response_fields)
 	cr_assert_eq(P.keep_alive, 1);
 }
 
+/* Responses are split by proto/http1 alone: names and values as the spans say, and a tab
+ * (OWS) beside Content-Length's digits trimmed like any value's, where libhttp-parser would
+ * refuse it. */
+Test(head, response_header_spans)
+{
+	cr_assert_eq(resp("HTTP/1.1 200 OK\r\nContent-Length:\t5\t\r\nX-A:b: c \r\nX-E:\r\n"
+	                  "Set-Cookie: a=1\r\n\r\n"),
+	             1);
+	cr_assert_eq(P.n_headers, 4);
+	cr_assert_eq(P.body_kind, PK_HTTP1_BODY_LENGTH);
+	cr_assert_eq(P.content_length, 5);
+	cr_assert(span_is(P.headers[1].name, "X-A"));
+	cr_assert(span_is(P.headers[1].value, "b: c"));
+	cr_assert(span_is(P.headers[2].name, "X-E"));
+	cr_assert_eq(P.headers[2].value.len, 0);
+	cr_assert_eq(pk_http1_count(&P, "set-cookie"), 1);
+}
+
 Test(head, response_without_reason)
 {
 	cr_assert_eq(resp("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"), 1);
