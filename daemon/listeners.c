@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -124,6 +125,13 @@ bound:
 err_bind:
 	snprintf(err, errlen, "bind %s: %s", addr, strerror(-rc));
 	return rc;
+}
+
+int pk_listener_defer_accept(struct pk_listener *l, int seconds)
+{
+	if (setsockopt(l->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &seconds, sizeof(seconds)) < 0)
+		return -errno;
+	return 0;
 }
 
 void pk_listener_close(struct pk_listener *l)

@@ -32,6 +32,10 @@ const char *pk_listener_name(enum pk_listener_id id);
  * on failure err holds a message such as "bind 127.0.0.1:8000: Address already in use". */
 int pk_listener_open(struct pk_listener *l, const char *addr, char *err, size_t errlen);
 
+/* Holds new connections in the kernel until their first bytes arrive (TCP_DEFER_ACCEPT), or
+ * for about `seconds` when none do: for ports whose clients always speak first. */
+int pk_listener_defer_accept(struct pk_listener *l, int seconds);
+
 void pk_listener_close(struct pk_listener *l);
 
 /* Formats the local address of a bound socket as "ip:port" / "[ip6]:port". */

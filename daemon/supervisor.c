@@ -516,6 +516,25 @@ static const char *pk__listener_addr(const struct pk_config *cfg, int i)
 	}
 }
 
+/* Proxy clients (an HTTP request, a WebSocket upgrade, a TLS ClientHello) and agents (their
+ * upgrade) speak first, so the kernel holds a new connection until its first bytes arrive:
+ * a worker is woken once, with something to read, instead of once to accept and again for
+ * the request. A silent client is held for about read_header_timeout (as nginx's `deferred`
+ * does), then accepted and given that timeout again. Set on reused listeners too: a reload
+ * may change the timeout. */
+static void pk__defer_accept(struct pk__gen *g, int i)
+{
+	uint64_t s = (g->cfg.proxy_read_header_timeout_ms + 999) / 1000;
+	int rc;
+
+	if (i != PK_LISTENER_PROXY && i != PK_LISTENER_UPSTREAM)
+		return;
+	rc = pk_listener_defer_accept(&g->lst[i], s < 1 ? 1 : s > 3600 ? 3600 : (int)s);
+	if (rc < 0)
+		pk_log_warn(PK__LOG, "cannot defer accepting", "listener=%s error=%s",
+		            pk_listener_name(i), strerror(-rc));
+}
+
 /* Opens g's listeners, reusing the fd of `prev` (may be NULL) where the address is the
  * same. On failure closes what it opened and leaves prev untouched. */
 static int pk__open_listeners(struct pk__gen *g, const struct pk__gen *prev, char *err,
@@ -527,6 +546,7 @@ static int pk__open_listeners(struct pk__gen *g, const struct pk__gen *prev, cha
 		const char *addr = pk__listener_addr(&g->cfg, i);
 		if (prev && prev->lst[i].fd >= 0 && strcmp(prev->lst[i].addr, addr) == 0) {
 			g->lst[i] = prev->lst[i];
+			pk__defer_accept(g, i);
 			continue;
 		}
 		char why[256];
@@ -538,6 +558,7 @@ static int pk__open_listeners(struct pk__gen *g, const struct pk__gen *prev, cha
 					pk_listener_close(&g->lst[j]);
 			return rc;
 		}
+		pk__defer_accept(g, i);
 		pk_log_info(PK__LOG, "listening", "listener=%s addr=%s bound=%s",
 		            pk_listener_name(i), addr, g->lst[i].bound);
 	}

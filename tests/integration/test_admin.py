@@ -10,13 +10,14 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import unittest
 from datetime import datetime, timezone
 
-from harness import Pikod, Service, Agent, PIKOCTL, ENV, TimeoutError_
+from harness import Pikod, Service, Agent, PIKOCTL, ENV, TimeoutError_, read_response
 
 try:
     import jwt  # Debian's python3-jwt
@@ -510,6 +511,55 @@ class StatusTest(AdminTest):
 # ---------------------------------------------------------------------------------------
 # reload
 # ---------------------------------------------------------------------------------------
+class DeferredAcceptTest(AdminTest):
+    """The proxy port holds a connection in the kernel until the client speaks
+    (TCP_DEFER_ACCEPT): a worker is woken once per connection, with a request to read."""
+
+    def test_a_connection_that_has_sent_nothing_is_not_held_by_a_worker(self):
+        d = self.start(["--workers", "1", "--proxy.http.read-header-timeout", "30s"])
+        svc = self.service()
+        self.agent(d, "defer-ep", svc)
+        silent = []
+        for _ in range(8):
+            s = socket.create_connection(d.addrs["proxy"], timeout=30)
+            self.addCleanup(s.close)
+            silent.append(s)
+        # A connection made after the silent ones, served and kept alive. One worker takes
+        # its accept queue in order, so without deferring it would hold all nine now.
+        c = http.client.HTTPConnection(*d.addrs["proxy"], timeout=30)
+        self.addCleanup(c.close)
+        c.request("GET", "/echo", headers={"Host": "defer-ep.example.com"})
+        r = c.getresponse()
+        r.read()
+        self.assertEqual(r.status, 200)
+        wait_metric(d, "pikod_proxy_connections", 1)
+        # Once they speak they are accepted and served, none lost.
+        for s in silent:
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: defer-ep.example.com\r\n"
+                      b"Connection: close\r\n\r\n")
+        for s in silent:
+            r = read_response(s.makefile("rb"))
+            self.assertIsNotNone(r, "connection closed without an answer")
+            self.assertEqual(r.status, 200)
+        wait_metric(d, "pikod_proxy_connections", 1)
+
+    def test_a_client_that_never_speaks_is_accepted_and_timed_out(self):
+        # Held for about read_header_timeout in the kernel, then given it again by pikod.
+        d = self.start(["--workers", "1", "--proxy.http.read-header-timeout", "1s"])
+        s = socket.create_connection(d.addrs["proxy"], timeout=30)
+        self.addCleanup(s.close)
+        started = time.monotonic()
+        try:
+            r = read_response(s.makefile("rb"))
+        except ConnectionResetError:
+            r = None  # closed: allowed as well as a 408
+        took = time.monotonic() - started
+        if r is not None:
+            self.assertEqual(r.status, 408)
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 15.0)
+
+
 class ReloadTest(AdminTest):
     def test_pikoctl_reload_succeeds_then_fails_on_a_broken_config(self):
         d = self.start(config="workers = 1;\n")
