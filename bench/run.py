@@ -275,16 +275,31 @@ def wrk(url, seconds, conns=64, headers=()):
     return {"requests": n, "rps": rps, "errors": errors, "cmd": " ".join(argv)}
 
 
+def steal_ticks():
+    """Per-CPU steal time (ticks the hypervisor ran something else) from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0] in ("cpu" + LOADGEN_CPU, "cpu" + SUT_CPU):
+                out[parts[0]] = int(parts[8])
+    return out
+
+
 def rate_client(addr, path, rate, seconds, headers=()):
     argv = ["taskset", "-c", LOADGEN_CPU, os.path.join(BENCH_BUILD, "rate_client"), "--addr",
             addr, "--path", path, "--rate", "%d" % rate, "--duration", "%g" % seconds,
             "--conns", "64", "--timeout", "3"]
     for h in headers:
         argv += ["--header", h]
+    st0 = steal_ticks()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    st1 = steal_ticks()
     res = dict(kv.split("=", 1) for kv in out.split())
     res = {k: float(v) for k, v in res.items()}
     res["cmd"] = " ".join(argv)
+    # A virtual machine's stolen time stalls whatever runs then: the tail moves with it.
+    res["steal_ms"] = sum(st1[k] - st0[k] for k in st1) * 1000.0 / HZ
     return res
 
 
@@ -444,9 +459,9 @@ def run(d, args, R, rounds, secs, n_idle, n_big):
         for p in PATHS:
             res = rate_client(url[p][7:], "/1k", rate, 5 if not args.quick else 2, hdr)
             lat[p].append(res)
-            log("fixed %d/s %-7s p50 %.0f p99 %.0f p99.9 %.0f us (errors %d, timeouts %d)" % (
-                rate, p, res["p50_us"], res["p99_us"], res["p999_us"], res["errors"],
-                res["timeouts"]))
+            log("fixed %d/s %-7s p50 %.0f p99 %.0f p99.9 %.0f us (errors %d, timeouts %d, "
+                "steal %.0f ms)" % (rate, p, res["p50_us"], res["p99_us"], res["p999_us"],
+                                     res["errors"], res["timeouts"], res["steal_ms"]))
     R["latency_fixed"] = lat
 
     # ---- latency vs rate (one pass, for the plot): fractions of each path's saturation
@@ -793,14 +808,21 @@ def report(R, out):
         lines.append("Latency at %d req/s (half the tunnel's saturation), open loop, "
                      "64 connections, median of rounds, microseconds" % R["fixed_rate"])
         lines.append("")
-        row("path", "p50", "p99", "p99.9", "p99 vs nginx->nginx", "errors+timeouts")
-        row(*["---"] * 6)
+        row("path", "p50", "p99", "p99.9", "p99 vs nginx->nginx", "errors+timeouts",
+            "p99 per round", "steal ms per round")
+        row(*["---"] * 8)
         p99n = med([x["p99_us"] for x in lat["nginx2"]])
         for p in PATHS:
             q = {k: med([x[k] for x in lat[p]]) for k in ("p50_us", "p99_us", "p999_us")}
             bad = sum(x["errors"] + x["timeouts"] for x in lat[p])
             row(LABELS[p], "%.0f" % q["p50_us"], "%.0f" % q["p99_us"], "%.0f" % q["p999_us"],
-                "%.2f" % (q["p99_us"] / p99n), "%d" % bad)
+                "%.2f" % (q["p99_us"] / p99n), "%d" % bad,
+                " ".join("%.0f" % x["p99_us"] for x in lat[p]),
+                " ".join("%.0f" % x.get("steal_ms", float("nan")) for x in lat[p]))
+        lines.append("")
+        lines.append("Steal: time the hypervisor gave the two CPUs to others during the "
+                     "measurement (/proc/stat); a tail is only comparable between rounds "
+                     "with little of it.")
         lines.append("")
     h = R.get("handoff")
     if h:
