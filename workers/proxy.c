@@ -117,6 +117,8 @@ struct pk__pconn {
 	uint64_t resp_bytes; /* response bytes written to the client */
 
 	size_t out_pending; /* bytes written to the client, not yet completed */
+	int settle_queued;  /* on pk__settle_head: a write finished at once */
+	struct pk__pconn *settle_next;
 
 	/* /_piko/v1/tcp/ */
 	struct pk_ws ws;
@@ -135,6 +137,13 @@ struct pk__cwrite {
 
 static struct pk__pconn *pk__conns;
 
+/* Connections whose last write went out whole at once (uv_try_write). What its completion
+ * would have done next (the next request, or the shutdown) runs from an idle handle, at the
+ * same point of the next loop turn as a uv_write completion, not inside the caller. */
+static struct pk__pconn *pk__settle_head;
+static uv_idle_t pk__settle_idle;
+static int pk__settle_ready;
+
 static void pk__pump(struct pk__pconn *pc);
 static void pk__next_request(struct pk__pconn *pc);
 static void pk__route(struct pk__pconn *pc);
@@ -148,6 +157,12 @@ static void pk__handle_closed(uv_handle_t *h)
 	if (--pc->handles > 0)
 		return;
 	struct pk_worker *w = pc->w;
+	if (pc->settle_queued) {
+		struct pk__pconn **pp = &pk__settle_head;
+		while (*pp != pc)
+			pp = &(*pp)->settle_next;
+		*pp = pc->settle_next;
+	}
 	if (pc->prev)
 		pc->prev->next = pc->next;
 	else
@@ -228,6 +243,43 @@ static void pk__shutdown(struct pk__pconn *pc)
 
 /* ---- writing to the client ---- */
 
+/* Once everything written so far is out: the next request, or the shutdown. */
+static void pk__written(struct pk__pconn *pc)
+{
+	if (pc->out_pending == 0 && pc->resp_done && pc->state == PK__P_EXCHANGE) {
+		if (pc->close_after)
+			pk__shutdown(pc);
+		else
+			pk__next_request(pc);
+	}
+}
+
+static void pk__settle_all(uv_idle_t *h)
+{
+	while (pk__settle_head != NULL) {
+		struct pk__pconn *pc = pk__settle_head;
+		pk__settle_head = pc->settle_next;
+		pc->settle_queued = 0;
+		if (pc->state != PK__P_CLOSING)
+			pk__written(pc);
+	}
+	uv_idle_stop(h);
+}
+
+static void pk__settle_later(struct pk__pconn *pc)
+{
+	if (pc->settle_queued)
+		return;
+	if (!pk__settle_ready) {
+		uv_idle_init(pc->w->loop, &pk__settle_idle);
+		pk__settle_ready = 1;
+	}
+	pc->settle_queued = 1;
+	pc->settle_next = pk__settle_head;
+	pk__settle_head = pc;
+	uv_idle_start(&pk__settle_idle, pk__settle_all);
+}
+
 static void pk__cwrite_done(uv_write_t *req, int status)
 {
 	struct pk__cwrite *wr = (struct pk__cwrite *)req;
@@ -248,18 +300,51 @@ static void pk__cwrite_done(uv_write_t *req, int status)
 		pk__close(pc);
 		return;
 	}
-	if (pc->out_pending == 0 && pc->resp_done && pc->state == PK__P_EXCHANGE) {
-		if (pc->close_after)
-			pk__shutdown(pc);
-		else
-			pk__next_request(pc);
-	}
+	pk__written(pc);
+}
+
+/* Writes what the socket takes now straight from the caller's buffers (most responses: no
+ * copy, no write request, and none of the epoll re-arming a uv_write completion costs).
+ * Returns the bytes written (the rest is for pk__cwrite to queue) or a libuv error. */
+static int pk__cwrite_now(struct pk__pconn *pc, const void *a, size_t alen, const void *b,
+                          size_t blen, size_t consumed)
+{
+	uv_buf_t bufs[2] = {uv_buf_init((char *)a, (unsigned)alen),
+	                    uv_buf_init((char *)b, (unsigned)blen)};
+	int n = uv_try_write((uv_stream_t *)&pc->tcp, bufs, blen ? 2 : 1);
+
+	if (n == UV_EAGAIN)
+		return 0;
+	if (n < 0)
+		return n;
+	pk_counters_worker_add(pc->w->ctr, pc->w->worker_index, PK_CTR_W_BYTES_OUT, (uint64_t)n);
+	if ((size_t)n < alen + blen)
+		return n;
+	struct pk__xchg *x = pc->x;
+	if (consumed && x && !x->gone && x->t)
+		pk_tunnel_stream_consumed(x->t, x->sid, consumed);
+	pk__settle_later(pc);
+	return n;
 }
 
 /* Queues bytes to the client; `consumed` stream bytes are reported once written. */
 static int pk__cwrite(struct pk__pconn *pc, const void *a, size_t alen, const void *b, size_t blen,
                       size_t consumed)
 {
+	if (pc->out_pending == 0) {
+		int n = pk__cwrite_now(pc, a, alen, b, blen, consumed);
+		if (n < 0)
+			return n;
+		if ((size_t)n == alen + blen)
+			return 0;
+		size_t skip_a = (size_t)n < alen ? (size_t)n : alen;
+		a = (const uint8_t *)a + skip_a;
+		alen -= skip_a;
+		if ((size_t)n > skip_a) {
+			b = (const uint8_t *)b + ((size_t)n - skip_a);
+			blen -= (size_t)n - skip_a;
+		}
+	}
 	struct pk__cwrite *wr = malloc(sizeof(*wr) + alen + blen);
 	if (wr == NULL)
 		return -ENOMEM;
