@@ -641,13 +641,15 @@ static void pk__start_exchange(struct pk_strm *h, const uint8_t *rest, size_t n)
 
 /* ---- the answer from the service ---- */
 
-/* The answer's head for the stream: status line, end-to-end headers (Upgrade kept for 101). */
-static int pk__relay_head(struct pk_strm *h)
+/* The answer's head for the stream: status line, end-to-end headers (Upgrade kept for 101),
+ * then `body` (the body bytes that came with the head), all in one frame: the server writes
+ * a small answer to its client at once instead of head and body apart. */
+static int pk__relay_head(struct pk_strm *h, const uint8_t *body, size_t body_len)
 {
 	const struct pk_http1_parser *p = &h->resp;
 	size_t raw_len;
 	pk_http1_raw_head(p, &raw_len);
-	size_t size = raw_len + PK__HEAD_EXTRA, off = 0;
+	size_t size = raw_len + PK__HEAD_EXTRA + body_len, off = 0;
 	char *buf = malloc(size);
 	if (buf == NULL)
 		return -1;
@@ -664,7 +666,8 @@ static int pk__relay_head(struct pk_strm *h)
 		ok = n > 0 && (size_t)n < sizeof(line) &&
 		     pk__put(buf, size, &off, line, (size_t)n) == 0;
 	}
-	ok = ok && pk__put(buf, size, &off, "\r\n", 2) == 0;
+	ok = ok && pk__put(buf, size, &off, "\r\n", 2) == 0 &&
+	     (body_len == 0 || pk__put(buf, size, &off, (const char *)body, body_len) == 0);
 	if (ok)
 		pk__to_stream(h, (const uint8_t *)buf, off);
 	free(buf);
@@ -741,13 +744,13 @@ static void pk__answer_head(struct pk_strm *h, const uint8_t *d, size_t n)
 		return;
 	}
 	pk__timer_stop(h);
-	if (pk__relay_head(h) < 0) {
-		pk__reset(h);
-		return;
-	}
-	if (h->gone)
-		return;
 	if (p->status == 101) {
+		if (pk__relay_head(h, NULL, 0) < 0) {
+			pk__reset(h);
+			return;
+		}
+		if (h->gone)
+			return;
 		h->phase = PK__H_SPLICE;
 		h->req_done = 1;
 		pk__access_log(h);
@@ -762,14 +765,27 @@ static void pk__answer_head(struct pk_strm *h, const uint8_t *d, size_t n)
 	pk_http1_body_init_from(&h->respbody, p);
 	if (h->respbody.kind == PK_HTTP1_BODY_UNTIL_CLOSE)
 		h->reusable = 0;
-	if (h->respbody.done) {
-		if (used < n)
-			h->reusable = 0;
-		pk__answer_done(h);
+	size_t rest = n - used;
+	ssize_t k = 0;
+	if (!h->respbody.done && rest > 0) {
+		k = pk_http1_body_feed(&h->respbody, d + used, rest);
+		if (k < 0) { /* cannot frame it; nothing was relayed yet */
+			pk_log_warn(PK__LOG, "bad answer from the service", "endpoint=%s reason=%s",
+			            h->env.listener->endpoint, "malformed chunked body");
+			pk__answer_error(h, 502, "upstream unreachable");
+			return;
+		}
+	}
+	if (pk__relay_head(h, d + used, (size_t)k) < 0) {
+		pk__reset(h);
 		return;
 	}
-	if (used < n)
-		pk__answer_body(h, d + used, n - used);
+	if (h->gone)
+		return;
+	if ((size_t)k < rest)
+		h->reusable = 0; /* bytes past the answer: the connection is out of step */
+	if (h->respbody.done)
+		pk__answer_done(h);
 }
 
 /* A reused connection the service had closed: try once more on a fresh one, but only when

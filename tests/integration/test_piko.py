@@ -227,6 +227,39 @@ class PikoTest(unittest.TestCase):
         # The agent made that answer (not the server).
         a.wait_msg("cannot reach the service", 5, start=mark, endpoint="dead")
 
+    def test_http_malformed_chunked_answer_is_502_json(self):
+        # The service's head is fine but its first chunk is not: the agent has relayed
+        # nothing yet (head and first body bytes go out together), so it can still answer
+        # with a clean 502 instead of a cut response.
+        d = self.pikod()
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        self.addCleanup(srv.close)
+
+        def serve():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    piece = c.recv(65536)
+                    if not piece:
+                        return
+                    head += piece
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n")
+                c.recv(1)  # until the agent lets go
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        a = self.agent(d, "http", "badchunk", "127.0.0.1:%d" % srv.getsockname()[1])
+        mark = a.mark()
+        self.assertJsonError(request(d.addrs["proxy"], "GET", "/", "badchunk"), 502,
+                             "upstream unreachable")
+        a.wait_msg("bad answer from the service", 5, start=mark, endpoint="badchunk")
+        t.join(10)
+
     def test_http_timeout_is_504_json(self):
         d = self.pikod()
         svc = self.service("slow")
