@@ -599,6 +599,17 @@ def read_response(f, method="GET", max_body=1 << 28):
     return resp
 
 
+def read_head_timeout_answer(s):
+    """What a proxy-port client whose request head never completes gets: a 408 or the
+    connection closed (either is allowed). Returns (status or None, seconds waited)."""
+    started = time.monotonic()
+    try:
+        r = read_response(s.makefile("rb"))
+    except ConnectionResetError:
+        r = None
+    return (None if r is None else r.status), time.monotonic() - started
+
+
 def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 

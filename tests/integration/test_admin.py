@@ -17,7 +17,8 @@ import time
 import unittest
 from datetime import datetime, timezone
 
-from harness import Pikod, Service, Agent, PIKOCTL, ENV, TimeoutError_, read_response
+from harness import (Pikod, Service, Agent, PIKOCTL, ENV, TimeoutError_, read_response,
+                     read_head_timeout_answer)
 
 try:
     import jwt  # Debian's python3-jwt
@@ -548,14 +549,8 @@ class DeferredAcceptTest(AdminTest):
         d = self.start(["--workers", "1", "--proxy.http.read-header-timeout", "1s"])
         s = socket.create_connection(d.addrs["proxy"], timeout=30)
         self.addCleanup(s.close)
-        started = time.monotonic()
-        try:
-            r = read_response(s.makefile("rb"))
-        except ConnectionResetError:
-            r = None  # closed: allowed as well as a 408
-        took = time.monotonic() - started
-        if r is not None:
-            self.assertEqual(r.status, 408)
+        status, took = read_head_timeout_answer(s)
+        self.assertIn(status, (None, 408))
         self.assertGreaterEqual(took, 0.9)
         self.assertLess(took, 15.0)
 

@@ -15,7 +15,7 @@ import time
 import unittest
 
 from harness import (Load, Pikod, Service, TcpEcho, Agent, run_ws_client, read_response,
-                     wait_records, TimeoutError_)
+                     wait_records, TimeoutError_, read_head_timeout_answer)
 from upstream_service import pattern, pattern_chunks
 
 try:
@@ -882,15 +882,9 @@ class TunnelTest(unittest.TestCase):
         d = self.pikod("--proxy.http.read-header-timeout", "1s")
         s = socket.create_connection(d.addrs["proxy"], timeout=10)
         self.addCleanup(s.close)
-        started = time.monotonic()
         s.sendall(b"GET / HTTP/1.1\r\nHost: slow.example.com\r\n")
-        try:
-            r = read_response(s.makefile("rb"))
-        except ConnectionResetError:
-            r = None  # closed: allowed as well as a 408
-        took = time.monotonic() - started
-        if r is not None:
-            self.assertEqual(r.status, 408)
+        status, took = read_head_timeout_answer(s)
+        self.assertIn(status, (None, 408))
         self.assertGreaterEqual(took, 0.9)
         self.assertLess(took, 5.0)
 
