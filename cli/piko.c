@@ -29,13 +29,25 @@ static struct {
 	int stopping;
 	uv_signal_t sigterm, sigint;
 	uv_timer_t grace;
+	uv_prepare_t log_flush;
 } M;
+
+/* The agent logs a line per request: its records are gathered during a loop turn and
+ * written together just before the loop waits again. This handle is started first and never
+ * stopped, and libuv runs the prepare handles started later (the sessions' frame flushes)
+ * before it, so answers leave before their log lines. */
+static void pk__log_flush_cb(uv_prepare_t *p)
+{
+	pk_log_flush();
+}
 
 static void pk__all_stopped(void)
 {
 	uv_close((uv_handle_t *)&M.sigterm, NULL);
 	uv_close((uv_handle_t *)&M.sigint, NULL);
 	uv_close((uv_handle_t *)&M.grace, NULL);
+	if (M.conf.mode == PK_CONF_AGENT)
+		uv_close((uv_handle_t *)&M.log_flush, NULL);
 	for (unsigned i = 0; i < M.n; i++)
 		if (M.agents[i])
 			pk_agent_free(M.agents[i]);
@@ -178,6 +190,12 @@ int main(int argc, char **argv)
 	uv_timer_init(M.loop, &M.grace);
 	uv_signal_start(&M.sigterm, pk__on_signal, SIGTERM);
 	uv_signal_start(&M.sigint, pk__on_signal, SIGINT);
+	if (M.conf.mode == PK_CONF_AGENT) {
+		pk_log_batch(1);
+		uv_prepare_init(M.loop, &M.log_flush);
+		uv_prepare_start(&M.log_flush, pk__log_flush_cb);
+		uv_unref((uv_handle_t *)&M.log_flush);
+	}
 	pk_log_info(PK__LOG, "starting", "version=%s mode=%s url=%s", PK_VERSION,
 	            M.conf.mode == PK_CONF_AGENT ? "agent" : "forward", M.conf.connect.url);
 	if (pk__start() < 0) {
@@ -196,5 +214,6 @@ int main(int argc, char **argv)
 			pk_fwd_free(M.fwds[i]);
 	uv_loop_close(M.loop);
 	pk_conf_free(&M.conf);
+	pk_log_flush();
 	return M.exit_code;
 }

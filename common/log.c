@@ -1,6 +1,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,52 @@ static int pk__log_nsubsystems;
 static char pk__log_context[512];
 static const char *pk__raw_fields; /* set only during pk_log_raw */
 static long pk__pid;               /* cached: getpid() is a system call per record */
+
+/* Batched output (pk_log_batch): records below warning level, whole lines, written together. */
+static int pk__batch_on;
+static char pk__batch_buf[PIPE_BUF];
+static size_t pk__batch_len;
+
+static void pk__write_all(const char *p, size_t n)
+{
+	for (size_t off = 0; off < n;) {
+		ssize_t w = write(STDERR_FILENO, p + off, n - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+}
+
+void pk_log_flush(void)
+{
+	int saved = errno;
+	size_t n = pk__batch_len;
+
+	pk__batch_len = 0;
+	pk__write_all(pk__batch_buf, n);
+	errno = saved;
+}
+
+static void pk__batch_forget(void)
+{
+	pk__batch_len = 0; /* the parent writes those */
+}
+
+void pk_log_batch(int on)
+{
+	static int registered;
+
+	if (!on)
+		pk_log_flush();
+	else if (!registered) {
+		registered = 1;
+		atexit(pk_log_flush);
+		pthread_atfork(NULL, NULL, pk__batch_forget);
+	}
+	pk__batch_on = on;
+}
 
 static void pk__forget_pid(void)
 {
@@ -309,15 +356,18 @@ void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
 			goto out;
 	}
 	line[n++] = '\n';
-	/* One write per record so lines from several processes never interleave. */
-	for (size_t off = 0; off < (size_t)n;) {
-		ssize_t w = write(STDERR_FILENO, line + off, (size_t)n - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		off += (size_t)w;
+	if (pk__batch_on && level < PK_LOG_WARN && (size_t)n <= sizeof(pk__batch_buf)) {
+		if (pk__batch_len + (size_t)n > sizeof(pk__batch_buf))
+			pk_log_flush();
+		memcpy(pk__batch_buf + pk__batch_len, line, (size_t)n);
+		pk__batch_len += (size_t)n;
+		goto out;
 	}
+	if (pk__batch_len > 0)
+		pk_log_flush(); /* what was gathered goes first */
+	/* One write per record (or per batch of whole records, at most PIPE_BUF bytes) so lines
+	 * from several processes never interleave. */
+	pk__write_all(line, (size_t)n);
 out:
 	errno = saved;
 }

@@ -52,6 +52,14 @@ void pk_logv(enum pk_log_level level, const char *subsystem, const char *msg,
 void pk_log_raw(enum pk_log_level level, const char *subsystem, const char *msg,
                 const char *json_fields);
 
+/* Batching, for a process that writes a record per request and has a loop to flush from
+ * (the piko agent's access log). With it on, records below warning level are gathered, whole,
+ * in a buffer of PIPE_BUF bytes (so one write of them stays atomic on a pipe). The buffer is
+ * written when the next record would not fit, before any warning or error, on
+ * pk_log_flush() and at exit. A crash loses what is gathered. Turning it off flushes. */
+void pk_log_batch(int on);
+void pk_log_flush(void);
+
 /* Writes src[0..len) as a JSON string (with quotes) into dst; returns the length it needs
  * (snprintf semantics: truncated output is NUL-terminated but incomplete). */
 size_t pk_json_escape(char *dst, size_t size, const char *src, size_t len);

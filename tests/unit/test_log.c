@@ -1,6 +1,9 @@
 #include "common/log.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -107,4 +110,117 @@ Test(log, pid_field_is_the_callers_even_after_fork)
 	int st;
 	cr_assert_eq(waitpid(child, &st, 0), child);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child logged its parent's pid");
+}
+
+/* ---- batched output ---- */
+
+static int err_pipe = -1;
+
+/* Points stderr at a non-blocking pipe (each Criterion test runs in its own process). */
+static void capture_stderr(void)
+{
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	cr_assert_eq(fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+	cr_assert_eq(fcntl(p[1], F_SETPIPE_SZ, 1 << 20) > 0, 1);
+	cr_assert_eq(dup2(p[1], STDERR_FILENO), STDERR_FILENO);
+	close(p[1]);
+	err_pipe = p[0];
+}
+
+/* One read of what is in the pipe now: its length, or 0 when there is nothing. */
+static size_t read_now(char *buf, size_t size)
+{
+	ssize_t n = read(err_pipe, buf, size - 1);
+	if (n < 0) {
+		cr_assert_eq(errno, EAGAIN);
+		n = 0;
+	}
+	buf[n] = '\0';
+	return (size_t)n;
+}
+
+static unsigned count_lines(const char *s)
+{
+	unsigned n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+Test(log_batch, records_wait_for_the_flush_and_keep_their_order)
+{
+	static char buf[1 << 16];
+	capture_stderr();
+	pk_log_setup(PK_LOG_INFO, NULL);
+	pk_log_batch(1);
+	pk_log_info("t", "first", "n=%d", 1);
+	pk_log_info("t", "second", "n=%d", 2);
+	pk_log_debug("t", "not logged", "n=%d", 3);
+	cr_assert_eq(read_now(buf, sizeof(buf)), 0, "written before the flush: %s", buf);
+	pk_log_flush();
+	read_now(buf, sizeof(buf));
+	cr_assert_eq(count_lines(buf), 2, "%s", buf);
+	char *a = strstr(buf, "\"msg\":\"first\""), *b = strstr(buf, "\"msg\":\"second\"");
+	cr_assert(a && b && a < b, "%s", buf);
+	pk_log_flush(); /* nothing gathered: writes nothing */
+	cr_assert_eq(read_now(buf, sizeof(buf)), 0);
+}
+
+Test(log_batch, a_warning_goes_out_at_once_after_what_was_gathered)
+{
+	static char buf[1 << 16];
+	capture_stderr();
+	pk_log_setup(PK_LOG_INFO, NULL);
+	pk_log_batch(1);
+	pk_log_info("t", "gathered", NULL);
+	pk_log_warn("t", "urgent", NULL);
+	read_now(buf, sizeof(buf));
+	cr_assert_eq(count_lines(buf), 2, "%s", buf);
+	char *a = strstr(buf, "\"msg\":\"gathered\""), *b = strstr(buf, "\"msg\":\"urgent\"");
+	cr_assert(a && b && a < b, "%s", buf);
+}
+
+Test(log_batch, a_full_buffer_is_written_in_whole_lines_of_at_most_pipe_buf)
+{
+	static char buf[1 << 16];
+	char pad[200];
+	capture_stderr();
+	pk_log_setup(PK_LOG_INFO, NULL);
+	pk_log_batch(1);
+	memset(pad, 'x', sizeof(pad) - 1);
+	pad[sizeof(pad) - 1] = '\0';
+	unsigned logged = 0;
+	size_t first = 0;
+	while (first == 0 && logged < 1000) {
+		pk_log_info("t", "fill", "pad=%s i=%u", pad, logged);
+		logged++;
+		first = read_now(buf, sizeof(buf));
+	}
+	cr_assert_gt(first, 0, "nothing written after %u records", logged);
+	cr_assert_leq(first, PIPE_BUF);
+	cr_assert_eq(buf[first - 1], '\n', "a record was cut");
+	unsigned lines = count_lines(buf);
+	cr_assert_eq(lines, logged - 1, "the record that did not fit stays gathered");
+	pk_log_flush();
+	read_now(buf, sizeof(buf));
+	cr_assert_eq(count_lines(buf), 1);
+	char want[32];
+	snprintf(want, sizeof(want), "\"i\":%u}", logged - 1);
+	cr_assert(strstr(buf, want) != NULL, "%s", buf);
+}
+
+Test(log_batch, turned_off_it_flushes_and_writes_each_record_at_once)
+{
+	static char buf[1 << 16];
+	capture_stderr();
+	pk_log_setup(PK_LOG_INFO, NULL);
+	pk_log_batch(1);
+	pk_log_info("t", "gathered", NULL);
+	pk_log_batch(0);
+	read_now(buf, sizeof(buf));
+	cr_assert_eq(count_lines(buf), 1, "%s", buf);
+	pk_log_info("t", "direct", NULL);
+	read_now(buf, sizeof(buf));
+	cr_assert(strstr(buf, "\"msg\":\"direct\""), "%s", buf);
 }
