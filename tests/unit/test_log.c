@@ -140,6 +140,14 @@ static size_t read_now(char *buf, size_t size)
 	return (size_t)n;
 }
 
+/* stderr captured, info records logged, batching on. */
+static void start_batching(void)
+{
+	capture_stderr();
+	pk_log_setup(PK_LOG_INFO, NULL);
+	pk_log_batch(1);
+}
+
 static unsigned count_lines(const char *s)
 {
 	unsigned n = 0;
@@ -151,9 +159,7 @@ static unsigned count_lines(const char *s)
 Test(log_batch, records_wait_for_the_flush_and_keep_their_order)
 {
 	static char buf[1 << 16];
-	capture_stderr();
-	pk_log_setup(PK_LOG_INFO, NULL);
-	pk_log_batch(1);
+	start_batching();
 	pk_log_info("t", "first", "n=%d", 1);
 	pk_log_info("t", "second", "n=%d", 2);
 	pk_log_debug("t", "not logged", "n=%d", 3);
@@ -170,9 +176,7 @@ Test(log_batch, records_wait_for_the_flush_and_keep_their_order)
 Test(log_batch, a_warning_goes_out_at_once_after_what_was_gathered)
 {
 	static char buf[1 << 16];
-	capture_stderr();
-	pk_log_setup(PK_LOG_INFO, NULL);
-	pk_log_batch(1);
+	start_batching();
 	pk_log_info("t", "gathered", NULL);
 	pk_log_warn("t", "urgent", NULL);
 	read_now(buf, sizeof(buf));
@@ -185,9 +189,7 @@ Test(log_batch, a_full_buffer_is_written_in_whole_lines_of_at_most_pipe_buf)
 {
 	static char buf[1 << 16];
 	char pad[200];
-	capture_stderr();
-	pk_log_setup(PK_LOG_INFO, NULL);
-	pk_log_batch(1);
+	start_batching();
 	memset(pad, 'x', sizeof(pad) - 1);
 	pad[sizeof(pad) - 1] = '\0';
 	unsigned logged = 0;
@@ -213,9 +215,7 @@ Test(log_batch, a_full_buffer_is_written_in_whole_lines_of_at_most_pipe_buf)
 Test(log_batch, turned_off_it_flushes_and_writes_each_record_at_once)
 {
 	static char buf[1 << 16];
-	capture_stderr();
-	pk_log_setup(PK_LOG_INFO, NULL);
-	pk_log_batch(1);
+	start_batching();
 	pk_log_info("t", "gathered", NULL);
 	pk_log_batch(0);
 	read_now(buf, sizeof(buf));
