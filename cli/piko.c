@@ -34,8 +34,9 @@ static struct {
 
 /* The agent logs a line per request: its records are gathered during a loop turn and
  * written together just before the loop waits again. This handle is started first and never
- * stopped, and libuv runs the prepare handles started later (the sessions' frame flushes)
- * before it, so answers leave before their log lines. */
+ * stopped; libuv (1.44) runs prepare handles started later, such as the sessions' frame
+ * flushes, before it, so answers leave before their log lines. Were that order to change,
+ * only the order of those two writes would. */
 static void pk__log_flush_cb(uv_prepare_t *p)
 {
 	pk_log_flush();

@@ -375,8 +375,8 @@ static void pk__trim_values(struct pk_http1_parser *p)
 
 /* A response's header lines, split at the first colon. Everything libhttp-parser would
  * check in a response head is checked by the scanner, the status line, pk__check_lines and
- * the framing rules, so responses (from our own agents' upstreams) skip it: a fifth of the
- * instructions of a proxied request. fuzz_http1 holds the two to the same verdicts. */
+ * the framing rules, so responses skip it: about 3,500 of the 26,700 instructions of a
+ * proxied request (callgrind). fuzz_http1 holds the two to the same header spans. */
 static void pk__split_headers(struct pk_http1_parser *p)
 {
 	const char *b = p->pk__buf;
