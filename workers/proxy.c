@@ -83,7 +83,8 @@ struct pk__pconn {
 	int tcp_mode; /* the request is GET /_piko/v1/tcp/<endpoint> */
 	int reading;
 	int client_eof;
-	int close_after; /* close once the current response is out */
+	int fin_after_dec; /* TCP endpoint: the client's close frame came; FIN once dec[] is sent */
+	int close_after;   /* close once the current response is out */
 	int shutting;
 
 	/* client input not yet used: in[0..in_len) */
@@ -841,6 +842,16 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 			                      ev.len);
 			if (n > 0)
 				pk__cwrite(pc, frame, (size_t)n, NULL, 0, 0);
+		} else if (ev.type == PK_WS_EV_CLOSE && pc->x && !pc->upstream_fin &&
+		           !pc->ws.close_sent) {
+			/* The client is done sending: FIN to the stream, after what the stream
+			 * could not take yet (dec[]). What the service still sends goes on to the
+			 * client, and our close frame answers once the agent's FIN comes
+			 * (pk__x_on_fin), as a TCP half-close would. */
+			pc->client_eof = 1;
+			pc->fin_after_dec = 1;
+			pk__read_stop(pc);
+			break;
 		} else if (ev.type == PK_WS_EV_CLOSE || ev.type == PK_WS_EV_ERROR) {
 			uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 			uint16_t code = ev.type == PK_WS_EV_CLOSE ? PK_WS_CLOSE_NORMAL : ev.code;
@@ -860,6 +871,12 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 	if (pc->dec_len > 0) {
 		pk__read_stop(pc);
 		pk__pump_tcp(pc);
+		return;
+	}
+	if (pc->fin_after_dec) {
+		pc->fin_after_dec = 0;
+		if (pc->x)
+			pk_tunnel_stream_fin(pc->x->t, pc->x->sid);
 		return;
 	}
 	pk__read_start(pc);

@@ -413,6 +413,29 @@ class PikoTest(unittest.TestCase):
         self.assertEqual(total, n)
         self.assertEqual(got.hexdigest(), sent.hexdigest())
 
+    def test_forward_half_close_follows_the_last_bytes(self):
+        # A burst and the client's FIN at once: the agent writes a stream's bytes from one
+        # tunnel read together, after that read; the half-close towards the service must
+        # still come after them, or the echo ends early.
+        d = self.pikod()
+        echo = TcpEcho()
+        self.addCleanup(echo.stop)
+        self.agent(d, "tcp", "burst", echo.forward)
+        f, port = self.forwarder(d, "burst")
+        for i, size in enumerate((1, 1000, 65536, 300 * 1024, 1 * MIB, 3 * MIB + 7)):
+            data = pattern(size)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+                got = bytearray()
+                while True:
+                    piece = c.recv(1 << 20)
+                    if not piece:
+                        break
+                    got += piece
+            self.assertEqual((len(got), hashlib.sha256(got).hexdigest()),
+                             (size, hashlib.sha256(data).hexdigest()), "burst %d" % i)
+
     # ---- config file ----
     def test_agent_start_with_config_file(self):
         d = self.pikod()
