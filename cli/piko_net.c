@@ -46,6 +46,8 @@ struct pk_net_conn {
 static unsigned pk__live;
 static uint8_t pk__rbuf[PK_NET_READ_BUF];
 static uint8_t pk__pbuf[PK_NET_READ_BUF];
+static unsigned pk__in_read;        /* an on_read call is under way */
+static void (*pk__read_done)(void); /* pk_net_on_read_done */
 
 static void pk__try_addr(struct pk_net_conn *c);
 static void pk__start_reading(struct pk_net_conn *c);
@@ -270,12 +272,17 @@ static size_t pk__try_write(struct pk_net_conn *c, const uv_buf_t *bufs, unsigne
 	return r > 0 ? (size_t)r : 0;
 }
 
+size_t pk_net_try_writev(struct pk_net_conn *c, const uv_buf_t *bufs, unsigned n)
+{
+	if (c->closing || c->shut_req || c->failed || n == 0)
+		return 0;
+	return pk__try_write(c, bufs, n, 0);
+}
+
 size_t pk_net_try_write(struct pk_net_conn *c, const void *buf, size_t len)
 {
-	if (c->closing || c->shut_req || c->failed || len == 0)
-		return 0;
 	uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
-	return pk__try_write(c, &b, 1, 0);
+	return len ? pk_net_try_writev(c, &b, 1) : 0;
 }
 
 int pk_net_write_take(struct pk_net_conn *c, uint8_t *buf, size_t len, size_t credit)
@@ -407,6 +414,25 @@ static void pk__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void pk__up(struct pk_net_conn *c);
 
+void pk_net_on_read_done(void (*fn)(void))
+{
+	pk__read_done = fn;
+}
+
+int pk_net_in_read(void)
+{
+	return pk__in_read > 0;
+}
+
+/* Hands bytes read to the owner; then the hook runs, while they are still in the buffer. */
+static void pk__deliver(struct pk_net_conn *c, uint8_t *data, size_t len)
+{
+	pk__in_read++;
+	c->ops->on_read(c, data, len);
+	if (--pk__in_read == 0 && pk__read_done)
+		pk__read_done();
+}
+
 static void pk__eof(struct pk_net_conn *c)
 {
 	if (c->eof)
@@ -442,7 +468,7 @@ static void pk__tls_read(struct pk_net_conn *c)
 	while (!c->closing && !c->failed) {
 		int r = SSL_read(c->ssl, pk__pbuf, sizeof(pk__pbuf));
 		if (r > 0) {
-			c->ops->on_read(c, pk__pbuf, (size_t)r);
+			pk__deliver(c, pk__pbuf, (size_t)r);
 			continue;
 		}
 		int e = SSL_get_error(c->ssl, r);
@@ -475,7 +501,7 @@ static void pk__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	if (c->ssl == NULL) {
-		c->ops->on_read(c, (uint8_t *)buf->base, (size_t)nread);
+		pk__deliver(c, (uint8_t *)buf->base, (size_t)nread);
 		return;
 	}
 	BIO_write(c->rbio, buf->base, (int)nread);

@@ -8,8 +8,9 @@
  *                     Writes made before it are queued and go out after it.
  *   on_read(data,len) bytes in; data points into a buffer shared by every connection and is
  *                     writable (the WebSocket decoder unmasks in place). Valid during the
- *                     call only. The owner must take every byte it is given: pausing with
- *                     pk_net_read_stop() applies to the next socket read.
+ *                     call and the pk_net_on_read_done hook after it. The owner must take
+ *                     every byte it is given: pausing with pk_net_read_stop() applies to
+ *                     the next socket read.
  *   on_eof()          the peer half-closed (or TLS close_notify).
  *   on_error(err)     read, write or TLS failure; the owner should close.
  *   on_written(credit) one queued write finished; credit is the number given to
@@ -33,7 +34,7 @@
 
 #define PK_NET_MAX_ADDRS 4
 #define PK_NET_CACHE_MS  10000
-#define PK_NET_READ_BUF  (64 * 1024)
+#define PK_NET_READ_BUF  (256 * 1024)
 
 /* Where to connect. Owned by the caller and must outlive every connection made to it. */
 struct pk_net_target {
@@ -84,6 +85,15 @@ int pk_net_write1(struct pk_net_conn *c, const void *buf, size_t len, size_t cre
  * of it (plain TCP only). Returns the bytes written (0: none, or not possible now); those
  * are on the socket, so the caller may count them as written at once. */
 size_t pk_net_try_write(struct pk_net_conn *c, const void *buf, size_t len);
+/* The same for n buffers, in one writev. */
+size_t pk_net_try_writev(struct pk_net_conn *c, const uv_buf_t *bufs, unsigned n);
+
+/* fn runs after every on_read call returns, before the read buffer is used again: an owner
+ * that kept pointers into on_read's data (to write them together) writes them there. One
+ * hook per process; NULL removes it. */
+void pk_net_on_read_done(void (*fn)(void));
+/* Whether an on_read call is under way (its data is still valid). */
+int pk_net_in_read(void);
 
 /* Bytes queued and not yet written. */
 size_t pk_net_queued(const struct pk_net_conn *c);

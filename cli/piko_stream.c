@@ -158,6 +158,12 @@ enum {
 	PK__H_DONE,     /* answered; draining what the stream still sends */
 };
 
+/* Splice bytes from the server point into the tunnel's read buffer, which holds several
+ * WebSocket and yamux frames per read: a stream's share of one read is gathered (at most
+ * this many pieces at a time) and written to the service with one writev once the whole
+ * read has been handed on (pk_net_on_read_done), instead of one write per frame boundary. */
+#define PK__GATHER_MAX 8
+
 struct pk_strm {
 	struct pk_strm_env env;
 	uint32_t id;
@@ -176,11 +182,15 @@ struct pk_strm {
 	    linger : 1,              /* close the connection once its half-close is out */
 	    upgrade : 1,             /* the request asks for a WebSocket upgrade */
 	    is_head : 1,             /* HEAD request */
-	    answered : 1;            /* some answer bytes went to the stream */
+	    answered : 1,            /* some answer bytes went to the stream */
+	    glisted : 1;             /* on pk__gathered */
 	int busy;                    /* entry points in progress: freeing waits for 0 */
 	struct pk_strm *next, *prev; /* every live handler, for pk_strm_close_all */
 	struct pk_net_conn *conn;
-	size_t credit_out; /* stream bytes written to the service, not yet consumed */
+	size_t credit_out;               /* stream bytes written to the service, not yet consumed */
+	uv_buf_t gather[PK__GATHER_MAX]; /* spliced bytes of the tunnel read under way */
+	unsigned ngather;
+	struct pk_strm *gnext; /* on pk__gathered */
 	struct pk_http1_parser req;
 	struct pk_http1_body reqbody;
 	struct pk_http1_parser resp;
@@ -198,6 +208,7 @@ struct pk_strm {
 
 static unsigned pk__strm_live;
 static struct pk_strm *pk__strm_list;
+static struct pk_strm *pk__gathered; /* handlers with gathered bytes, pinned (busy) */
 
 unsigned pk_strm_live(void)
 {
@@ -261,6 +272,7 @@ static void pk__drop_conn(struct pk_strm *h)
 {
 	if (h->conn == NULL)
 		return;
+	h->ngather = 0; /* their window is in credit_out */
 	pk_net_close(h->conn);
 	h->conn = NULL;
 	if (h->credit_out && !h->gone)
@@ -392,6 +404,78 @@ static int pk__write_conn(struct pk_strm *h, const uint8_t *d, size_t n)
 		return -1;
 	h->credit_out += n - done;
 	return 0;
+}
+
+/* Writes the gathered bytes: what the socket takes at once gives its window back now, the
+ * rest is copied into the connection's queue with its window as credit. */
+static void pk__gather_flush(struct pk_strm *h)
+{
+	unsigned n = h->ngather;
+	if (n == 0)
+		return;
+	h->ngather = 0;
+	size_t total = 0;
+	for (unsigned i = 0; i < n; i++)
+		total += h->gather[i].len;
+	size_t done = pk_net_try_writev(h->conn, h->gather, n);
+	size_t rest = total - done;
+	h->credit_out -= done;
+	if (done > 0 && !h->gone)
+		pk_yamux_consumed(h->env.ys, h->id, done);
+	if (rest == 0)
+		return;
+	unsigned i = 0;
+	while (done >= h->gather[i].len)
+		done -= h->gather[i++].len;
+	h->gather[i].base += done;
+	h->gather[i].len -= done;
+	if (pk_net_write(h->conn, h->gather + i, n - i, rest) < 0) {
+		/* The connection reports the failure; these bytes will never be written. */
+		h->credit_out -= rest;
+		if (!h->gone)
+			pk_yamux_consumed(h->env.ys, h->id, rest);
+	}
+}
+
+static void pk__gather_flush_all(void)
+{
+	while (pk__gathered) {
+		struct pk_strm *h = pk__gathered;
+		pk__gathered = h->gnext;
+		h->gnext = NULL;
+		h->glisted = 0;
+		pk__gather_flush(h);
+		pk__leave(h);
+	}
+}
+
+/* Spliced bytes for the service (h->conn is set). */
+static void pk__gather(struct pk_strm *h, const uint8_t *d, size_t n)
+{
+	if (n == 0)
+		return;
+	if (!pk_net_in_read()) {
+		if (pk__write_conn(h, d, n) < 0)
+			pk_yamux_consumed(h->env.ys, h->id, n);
+		return;
+	}
+	h->credit_out += n;
+	if (h->ngather > 0) {
+		uv_buf_t *last = &h->gather[h->ngather - 1];
+		if ((const uint8_t *)last->base + last->len == d) {
+			last->len += n;
+			return;
+		}
+	}
+	if (h->ngather == PK__GATHER_MAX)
+		pk__gather_flush(h);
+	h->gather[h->ngather++] = uv_buf_init((char *)d, (unsigned)n);
+	if (!h->glisted) {
+		pk__enter(h);
+		h->glisted = 1;
+		h->gnext = pk__gathered;
+		pk__gathered = h;
+	}
 }
 
 static int pk__name_is(const struct pk_http1_parser *p, struct pk_http1_span name, const char *s,
@@ -930,6 +1014,7 @@ struct pk_strm *pk_strm_new(const struct pk_strm_env *env, uint32_t id)
 		return NULL;
 	h->env = *env;
 	h->id = id;
+	pk_net_on_read_done(pk__gather_flush_all);
 	h->http = env->listener->protocol == PK_CONF_HTTP;
 	if (h->http) {
 		pk_http1_parser_init(&h->req, PK_HTTP1_REQUEST, NULL);
@@ -991,8 +1076,10 @@ void pk_strm_data(struct pk_strm *h, const uint8_t *d, size_t n)
 		pk__head_bytes(h, d, n);
 		break;
 	case PK__H_SPLICE:
-		if (h->conn == NULL || pk__write_conn(h, d, n) < 0)
+		if (h->conn == NULL)
 			pk_yamux_consumed(h->env.ys, h->id, n);
+		else
+			pk__gather(h, d, n);
 		break;
 	case PK__H_WAIT:
 	case PK__H_BODY:
@@ -1014,8 +1101,10 @@ void pk_strm_fin(struct pk_strm *h)
 		pk__reset(h); /* the request ended inside its head */
 		break;
 	case PK__H_SPLICE:
-		if (h->conn)
+		if (h->conn) {
+			pk__gather_flush(h); /* the half-close goes after them */
 			pk_net_shutdown(h->conn);
+		}
 		break;
 	case PK__H_WAIT:
 	case PK__H_BODY:
@@ -1050,5 +1139,7 @@ void pk_strm_gone(struct pk_strm *h)
 	 * until its half-close is out (pk__c_shutdown); anything else is over. */
 	if (reset || h->phase != PK__H_SPLICE || h->linger)
 		pk__drop_conn(h);
+	else
+		pk__gather_flush(h);
 	pk__leave(h);
 }

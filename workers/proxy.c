@@ -469,9 +469,20 @@ static void pk__fail(struct pk__pconn *pc, int status, const char *msg)
 
 /* ---- reading from the client ---- */
 
+/* A TCP endpoint connection's bytes are decoded and sent on inside the read callback
+ * (pk__pump_tcp leaves nothing in in[]; what the stream cannot take is copied to dec[]),
+ * so they are read into one buffer of the worker's, in reads large enough that each
+ * becomes one large frame to the agent, written without a copy (workers/tunnel.c). */
+#define PK__TCP_READ (256 * 1024)
+static uint8_t pk__tcp_rbuf[PK__TCP_READ];
+
 static void pk__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
 	struct pk__pconn *pc = h->data;
+	if (pc->state == PK__P_TCP && pc->in_len == 0) {
+		*b = uv_buf_init((char *)pk__tcp_rbuf, sizeof(pk__tcp_rbuf));
+		return;
+	}
 	if (pc->in_cap - pc->in_len < PK__READ_CHUNK) {
 		size_t cap = pc->in_len + PK__READ_CHUNK;
 		uint8_t *n = realloc(pc->in, cap);
@@ -1358,8 +1369,22 @@ static void pk__on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 	}
 	if (n == 0)
 		return;
-	pc->in_len += (size_t)n;
 	pk_counters_worker_add(pc->w->ctr, pc->w->worker_index, PK_CTR_W_BYTES_IN, (uint64_t)n);
+	if (b->base == (char *)pk__tcp_rbuf) {
+		/* in[] is the worker's buffer for this callback only (pk__alloc). */
+		uint8_t *own = pc->in;
+		size_t own_cap = pc->in_cap;
+		pc->in = pk__tcp_rbuf;
+		pc->in_len = (size_t)n;
+		pc->in_cap = sizeof(pk__tcp_rbuf);
+		pk__pump(pc);
+		/* All of it was taken, unless the connection is on its way to closing. */
+		pc->in = own;
+		pc->in_cap = own_cap;
+		pc->in_len = 0;
+		return;
+	}
+	pc->in_len += (size_t)n;
 	if (pc->state == PK__P_HEAD)
 		pk__process_head(pc);
 	else if (pc->state == PK__P_EXCHANGE || pc->state == PK__P_SPLICE || pc->state == PK__P_TCP)

@@ -77,6 +77,10 @@ struct pk__twrite {
 
 #define PK__BATCH_MIN  (16 * 1024)
 #define PK__BATCH_BULK (256 * 1024)
+/* A frame at least this large goes to the socket from the caller's buffers, together with
+ * the batch ahead of it, instead of being copied into the batch. */
+#define PK__DIRECT_MIN (16 * 1024)
+#define PK__DIRECT_IOV 4
 
 static struct pk_tunnel *pk__flush_list;
 static uv_prepare_t pk__flush_prepare;
@@ -143,6 +147,10 @@ static void pk__flush(struct pk_tunnel *t)
 	if (wr == NULL)
 		return;
 	t->batch = NULL;
+	if (wr->len == 0) {
+		free(wr); /* a direct write took all of it */
+		return;
+	}
 	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)wr->len);
 	if (uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done) < 0) {
 		t->queued -= wr->len;
@@ -205,6 +213,31 @@ static uint8_t *pk__reserve(struct pk_tunnel *t, size_t n)
 	return wr->data;
 }
 
+/* Writes the batch and a large frame (its header, then the iovecs) with one writev when
+ * libuv has nothing queued: the payload is not copied into the batch. Returns how many of
+ * the frame's bytes went out; the batch keeps what of it did not. */
+static size_t pk__send_direct(struct pk_tunnel *t, const uint8_t *hdr, size_t hlen,
+                              const struct iovec *iov, int iovcnt)
+{
+	uv_buf_t b[2 + PK__DIRECT_IOV];
+	unsigned nb = 0;
+	size_t blen = t->batch ? t->batch->len : 0;
+	if (blen)
+		b[nb++] = uv_buf_init((char *)t->batch->data, (unsigned)blen);
+	b[nb++] = uv_buf_init((char *)hdr, (unsigned)hlen);
+	for (int i = 0; i < iovcnt; i++)
+		b[nb++] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+	int r = uv_try_write((uv_stream_t *)t->tcp, b, nb);
+	size_t k = r > 0 ? (size_t)r : 0;
+	if (blen == 0)
+		return k;
+	size_t from_batch = k < blen ? k : blen;
+	memmove(t->batch->data, t->batch->data + from_batch, blen - from_batch);
+	t->batch->len -= from_batch;
+	t->queued -= from_batch;
+	return k - from_batch;
+}
+
 /* Queues one WebSocket frame (binary unless given) holding the concatenated iovecs. */
 static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struct iovec *iov,
                           int iovcnt)
@@ -216,14 +249,32 @@ static int pk__send_frame(struct pk_tunnel *t, enum pk_ws_opcode op, const struc
 	int hlen = pk_ws_header(&t->ws, hdr, op, true, total, NULL);
 	if (hlen < 0)
 		return hlen;
-	uint8_t *p = pk__reserve(t, (size_t)hlen + total);
+	size_t skip = 0; /* bytes of the frame already on the socket */
+	if (total >= PK__DIRECT_MIN && iovcnt <= PK__DIRECT_IOV) {
+		skip = pk__send_direct(t, hdr, (size_t)hlen, iov, iovcnt);
+		if (skip == (size_t)hlen + total)
+			return 0;
+	}
+	uint8_t *p = pk__reserve(t, (size_t)hlen + total - skip);
 	if (p == NULL)
 		return -ENOMEM;
-	memcpy(p, hdr, (size_t)hlen);
-	size_t off = (size_t)hlen;
+	size_t off = 0;
+	if (skip < (size_t)hlen) {
+		memcpy(p, hdr + skip, (size_t)hlen - skip);
+		off = (size_t)hlen - skip;
+		skip = 0;
+	} else {
+		skip -= (size_t)hlen;
+	}
 	for (int i = 0; i < iovcnt; i++) {
-		memcpy(p + off, iov[i].iov_base, iov[i].iov_len);
-		off += iov[i].iov_len;
+		size_t l = iov[i].iov_len;
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		memcpy(p + off, (const uint8_t *)iov[i].iov_base + skip, l - skip);
+		off += l - skip;
+		skip = 0;
 	}
 	t->batch->len += off;
 	t->queued += off;
