@@ -465,24 +465,37 @@ static void pk__handshake(struct pk_net_conn *c)
 /* Decrypts what the socket gave and hands the plaintext on. */
 static void pk__tls_read(struct pk_net_conn *c)
 {
+	/* Records are decrypted one after another into pbuf and handed on together, so an
+	 * owner that gathers its writes (pk_net_on_read_done) sees as much at once as over
+	 * plain TCP, not one 16 KiB record at a time. */
+	size_t have = 0;
+	int e = SSL_ERROR_WANT_READ;
 	while (!c->closing && !c->failed) {
-		int r = SSL_read(c->ssl, pk__pbuf, sizeof(pk__pbuf));
-		if (r > 0) {
-			pk__deliver(c, pk__pbuf, (size_t)r);
-			continue;
-		}
-		int e = SSL_get_error(c->ssl, r);
-		if (e == SSL_ERROR_WANT_READ)
+		int r = SSL_read(c->ssl, pk__pbuf + have, (int)(sizeof(pk__pbuf) - have));
+		if (r <= 0) {
+			e = SSL_get_error(c->ssl, r);
 			break;
-		if (e == SSL_ERROR_ZERO_RETURN) {
-			pk__eof(c);
-			return;
 		}
+		have += (size_t)r;
+		if (have == sizeof(pk__pbuf)) {
+			pk__deliver(c, pk__pbuf, have);
+			have = 0;
+		}
+	}
+	if (have > 0 && !c->closing && !c->failed)
+		pk__deliver(c, pk__pbuf, have);
+	if (c->closing || c->failed)
+		return;
+	if (e == SSL_ERROR_ZERO_RETURN) {
+		pk__eof(c);
+		return;
+	}
+	if (e != SSL_ERROR_WANT_READ) {
 		pk__log_tls(c, "tls read failed");
 		pk__fail(c, -EPROTO);
 		return;
 	}
-	if (!c->closing && !c->failed && pk__flush_tls(c) < 0)
+	if (pk__flush_tls(c) < 0)
 		pk__fail(c, -ENOMEM);
 }
 

@@ -661,6 +661,22 @@ class PikoTest(unittest.TestCase):
         self.assertRegex(g.wait_line("response")[0], r"^response tls status=200 ")
         a2.wait_msg("registered", 5, endpoint="tls")
 
+    def test_peer_tls_tcp_streams_intact(self):
+        # Over TLS the agent decrypts record after record into one buffer and hands them on
+        # together (its writes to the service are gathered per hand-over): a TCP endpoint's
+        # bytes from hashicorp/yamux come back whole from an echo service.
+        cert, key = self.self_signed()
+        echo = TcpEcho()
+        self.addCleanup(echo.stop)
+        n = 5 * MIB + 3
+        g = self.go_server("--tls-cert", cert, "--tls-key", key, "--open", "2",
+                           "--stream-bytes", str(n))
+        self.piko("agent", "tcp", "tlstcp", echo.forward, "--connect.url", g.url("https"),
+                  "--connect.tls.root-cas", cert)
+        self.assertEqual(g.wait_line("registered"), ["registered tlstcp auth=none"])
+        want = "echoed tlstcp bytes=%d sha256=%s" % (n, hashlib.sha256(pattern(n)).hexdigest())
+        self.assertEqual(g.wait_line("echoed", 2), [want, want])
+
 
 if __name__ == "__main__":
     unittest.main()

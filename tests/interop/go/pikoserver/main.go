@@ -3,7 +3,8 @@
 // implementation.
 //
 //	go-pikoserver --listen 127.0.0.1:0 [--token T] [--status CODE] [--open N]
-//	              [--request-path /p] [--timeout S] [--tls-cert F --tls-key F]
+//	              [--request-path /p | --stream-bytes N] [--timeout S]
+//	              [--tls-cert F --tls-key F]
 //
 // It accepts GET /piko/v1/upstream/<endpoint> upgrades. With --token, the request must carry
 // "Authorization: Bearer T" (or x-piko-authorization, which wins); otherwise it answers 401
@@ -12,13 +13,15 @@
 // {"error":"forced status CODE"}. After the upgrade it runs a yamux SERVER session over the
 // WebSocket (every write one binary message) and opens --open streams, each carrying one
 // "GET --request-path HTTP/1.1" with Connection: close; the answer is read until the
-// agent's FIN.
+// agent's FIN. With --stream-bytes, a stream carries that many bytes instead (byte i is
+// i % 251, for a TCP agent) while as many are read back, then FIN.
 //
 // stdout, one line per event (the first line is the port):
 //
 //	refused <endpoint> status=<code>
 //	registered <endpoint> auth=<bearer|none>
 //	response <endpoint> status=<code> bytes=<n> body_sha256=<hex>
+//	echoed <endpoint> bytes=<n> sha256=<hex>        (--stream-bytes)
 //	stream-error <endpoint> <error>
 //	closed <endpoint>
 package main
@@ -51,6 +54,7 @@ var (
 	status      = flag.Int("status", 0, "answer every registration with this status")
 	open        = flag.Int("open", 0, "streams to open per session")
 	requestPath = flag.String("request-path", "/", "path of the request sent on each stream")
+	streamBytes = flag.Int("stream-bytes", -1, "raw bytes sent on each stream instead of a request")
 	timeout     = flag.Int("timeout", 120, "seconds before exiting (exit 3)")
 	tlsCert     = flag.String("tls-cert", "", "serve TLS with this certificate (PEM)")
 	tlsKey      = flag.String("tls-key", "", "private key for --tls-cert (PEM)")
@@ -95,6 +99,34 @@ func authorize(r *http.Request) (string, int, string) {
 	return "bearer", 0, ""
 }
 
+// rawExchange sends n pattern bytes on st while reading as many back, then FIN. The FIN
+// cannot go first: this hashicorp/yamux's Stream.Read returns io.EOF after a local Close
+// whenever its buffer is momentarily empty, before the peer's FIN.
+func rawExchange(st *yamux.Stream, ep string, n int) {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i % 251)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := st.Write(data)
+		werr <- err
+	}()
+	st.SetReadDeadline(time.Now().Add(60 * time.Second))
+	back := make([]byte, n)
+	got, err := io.ReadFull(st, back)
+	if err != nil {
+		say("stream-error %s read after %d bytes: %v", ep, got, err)
+		return
+	}
+	if err := <-werr; err != nil {
+		say("stream-error %s write: %v", ep, err)
+		return
+	}
+	sum := sha256.Sum256(back)
+	say("echoed %s bytes=%d sha256=%s", ep, got, hex.EncodeToString(sum[:]))
+}
+
 func exchange(sess *yamux.Session, ep string) {
 	st, err := sess.OpenStream()
 	if err != nil {
@@ -102,6 +134,10 @@ func exchange(sess *yamux.Session, ep string) {
 		return
 	}
 	defer st.Close()
+	if *streamBytes >= 0 {
+		rawExchange(st, ep, *streamBytes)
+		return
+	}
 	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s.example.com\r\nConnection: close\r\n"+
 		"X-Piko-Forward: true\r\n\r\n", *requestPath, ep)
 	if _, err := st.Write([]byte(req)); err != nil {
