@@ -22,6 +22,14 @@
 #define PK__BATCH_DIRECT (16u * 1024)
 /* A batch buffer grown beyond this is released after its flush rather than kept. */
 #define PK__BATCH_KEEP (256u * 1024)
+/* A new stream's ACK rides on its first frame (usually the answer's head), so the server
+ * is not woken for an ACK alone while the service works. A stream that sends nothing for
+ * this long is ACKed alone: far below hashicorp/yamux's StreamOpenTimeout (75 s), after
+ * which a Piko server drops the whole session. */
+#define PK__ACK_DELAY_MS 20
+/* Streams accepted lazily per timer period; beyond, ACKed at once. hashicorp/yamux blocks
+ * OpenStream while AcceptBacklog (256) of its streams await their ACK: we stay well below. */
+#define PK__ACK_OWED_MAX 64
 
 enum {
 	PK__A_IDLE = 0,   /* waiting to reconnect */
@@ -44,6 +52,9 @@ struct pk_agent {
 	struct pk_pool *pool;
 	uv_timer_t timer; /* backoff, connect timeout, close wait */
 	uv_timer_t ping;  /* ping ticks; also the drained check while stopping */
+	uv_timer_t ack;   /* PK__ACK_DELAY_MS after the first of owed[] was accepted */
+	uint32_t owed[PK__ACK_OWED_MAX]; /* streams accepted lazily since ack started */
+	unsigned n_owed;
 	/* yamux frames made during one loop turn, sent as one WebSocket message (one write)
 	 * from the prepare hook, just before the loop waits for I/O again. */
 	uv_prepare_t flush;
@@ -90,6 +101,8 @@ static void pk__teardown(struct pk_agent *a)
 {
 	uv_timer_stop(&a->timer);
 	uv_timer_stop(&a->ping);
+	uv_timer_stop(&a->ack);
+	a->n_owed = 0;
 	uv_prepare_stop(&a->flush);
 	a->ob_len = 0;
 	if (a->ys) {
@@ -206,6 +219,17 @@ static int pk__y_write(void *ud, const struct iovec *iov, int n)
 	return 0;
 }
 
+/* ACKs the lazily accepted streams that have sent nothing yet (the others' first frame
+ * carried it: -EINVAL; gone: -ENOENT). */
+static void pk__ack_fire(uv_timer_t *t)
+{
+	struct pk_agent *a = t->data;
+	unsigned n = a->n_owed;
+	a->n_owed = 0;
+	for (unsigned i = 0; i < n && a->ys; i++)
+		(void)pk_yamux_accept(a->ys, a->owed[i]);
+}
+
 static int pk__y_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
 {
 	struct pk_agent *a = ud;
@@ -221,7 +245,12 @@ static int pk__y_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
 	if (h == NULL)
 		return PK_YAMUX_REJECT;
 	pk_yamux_stream_set_user(s, id, h);
-	return PK_YAMUX_ACCEPT;
+	if (a->n_owed == PK__ACK_OWED_MAX)
+		return PK_YAMUX_ACCEPT;
+	a->owed[a->n_owed++] = id;
+	if (!uv_is_active((uv_handle_t *)&a->ack))
+		uv_timer_start(&a->ack, pk__ack_fire, PK__ACK_DELAY_MS, 0);
+	return PK_YAMUX_ACCEPT_LAZY;
 }
 
 static void pk__y_data(struct pk_yamux_session *s, void *ud, uint32_t id, void *user,
@@ -507,9 +536,10 @@ int pk_agent_new(uv_loop_t *loop, struct pk_conf *conf, struct pk_conf_listener 
 	}
 	uv_timer_init(loop, &a->timer);
 	uv_timer_init(loop, &a->ping);
+	uv_timer_init(loop, &a->ack);
 	uv_prepare_init(loop, &a->flush);
-	a->timer.data = a->ping.data = a->flush.data = a;
-	a->handles = 3;
+	a->timer.data = a->ping.data = a->ack.data = a->flush.data = a;
+	a->handles = 4;
 	*out = a;
 	pk__connect(a);
 	return 0;
@@ -531,5 +561,6 @@ void pk_agent_free(struct pk_agent *a)
 	pk_pool_free(a->pool);
 	uv_close((uv_handle_t *)&a->timer, pk__closed);
 	uv_close((uv_handle_t *)&a->ping, pk__closed);
+	uv_close((uv_handle_t *)&a->ack, pk__closed);
 	uv_close((uv_handle_t *)&a->flush, pk__closed);
 }

@@ -16,6 +16,7 @@
 #define F_WAIT_ACK    PK_YAMUX_ST_WAIT_ACK
 #define F_ACK_PENDING PK_YAMUX_ST_ACCEPT_PENDING
 #define F_DEFERRED    PK_YAMUX_ST_DEFERRED
+#define F_ACK_LAZY    PK_YAMUX_ST_ACK_LAZY
 #define F_LOCAL_FIN   PK_YAMUX_ST_LOCAL_FIN
 #define F_REMOTE_FIN  PK_YAMUX_ST_REMOTE_FIN
 
@@ -296,7 +297,7 @@ static uint16_t take_flags(struct pk_yamux_session *s, struct pk__yamux_stream *
 		fl |= PK_YAMUX_SYN;
 	}
 	if (st->flags & F_ACK_PENDING) {
-		st->flags &= ~F_ACK_PENDING;
+		st->flags &= ~(F_ACK_PENDING | F_ACK_LAZY);
 		clear_deferred(s, st);
 		fl |= PK_YAMUX_ACK;
 	}
@@ -311,6 +312,13 @@ static int send_update(struct pk_yamux_session *s, struct pk__yamux_stream *st, 
 	int owed = (st->flags & (F_SYN_PENDING | F_ACK_PENDING)) != 0;
 	uint16_t fl;
 
+	if (st->flags & F_ACK_LAZY) {
+		/* Only the peer's need opens it early: half of initial_window used. */
+		uint32_t used = s->opt.initial_window - st->recv_window - st->unconsumed;
+		if (!force && used < s->opt.initial_window / 2)
+			return 0;
+		owed = 1;
+	}
 	if (!force && !owed && (delta < s->opt.max_window / 2 || (st->flags & F_REMOTE_FIN)))
 		return 0;
 	fl = take_flags(s, st);
@@ -425,6 +433,11 @@ static int incoming_stream(struct pk_yamux_session *s, uint32_t id)
 		return 0; /* reset from inside on_stream, or the session ended */
 	if (answer == PK_YAMUX_ACCEPT)
 		return (st->flags & F_ACK_PENDING) ? send_update(s, st, 1) : 0;
+	if (answer == PK_YAMUX_ACCEPT_LAZY) {
+		if (st->flags & F_ACK_PENDING)
+			st->flags |= F_ACK_LAZY;
+		return 0;
+	}
 	if (answer == PK_YAMUX_DEFER) {
 		if (st->flags & F_ACK_PENDING) {
 			st->flags |= F_DEFERRED;

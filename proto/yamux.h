@@ -86,10 +86,14 @@ enum pk_yamux_role {
 
 /* Answers of on_stream. */
 enum pk_yamux_accept {
-	PK_YAMUX_REJECT = 0, /* RST the stream now (on_free follows) */
-	PK_YAMUX_ACCEPT = 1, /* ACK now */
-	PK_YAMUX_DEFER = 2,  /* keep it in the backlog until pk_yamux_accept(); data that
-	                        arrives meanwhile is delivered by on_data as usual */
+	PK_YAMUX_REJECT = 0,      /* RST the stream now (on_free follows) */
+	PK_YAMUX_ACCEPT = 1,      /* ACK now */
+	PK_YAMUX_DEFER = 2,       /* keep it in the backlog until pk_yamux_accept(); data that
+	                             arrives meanwhile is delivered by on_data as usual */
+	PK_YAMUX_ACCEPT_LAZY = 3, /* accepted; the ACK (and the window above initial_window)
+	                             rides on the stream's first frame: data, FIN, or a
+	                             WindowUpdate once the peer has used half of initial_window;
+	                             pk_yamux_accept() sends it alone. Not in the backlog. */
 };
 
 /* pk_yamux_open() flags. */
@@ -188,8 +192,8 @@ ssize_t pk_yamux_feed(struct pk_yamux_session *s, const void *buf, size_t len);
  * write errno. */
 int pk_yamux_open(struct pk_yamux_session *s, unsigned flags, void *stream_user, uint32_t *id);
 
-/* ACKs a stream that on_stream deferred. Returns 0, -ENOENT, -EINVAL (not awaiting accept),
- * -EPIPE, the write errno. */
+/* ACKs a stream that on_stream deferred or accepted lazily. Returns 0, -ENOENT, -EINVAL (not
+ * awaiting its ACK), -EPIPE, the write errno. */
 int pk_yamux_accept(struct pk_yamux_session *s, uint32_t id);
 
 /* Sends up to len bytes as one Data frame, never more than the peer's window. Returns the
@@ -236,6 +240,7 @@ int pk_yamux_oldest_unacked(const struct pk_yamux_session *s, uint32_t *id, uint
 #define PK_YAMUX_ST_DEFERRED       0x10 /* counted in the accept backlog */
 #define PK_YAMUX_ST_LOCAL_FIN      0x20
 #define PK_YAMUX_ST_REMOTE_FIN     0x40
+#define PK_YAMUX_ST_ACK_LAZY       0x80 /* accepted lazily, ACK still pending */
 
 struct pk_yamux_stream_info {
 	unsigned state;       /* PK_YAMUX_ST_* */

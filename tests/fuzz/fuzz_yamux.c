@@ -144,7 +144,7 @@ static int fz_stream(struct pk_yamux_session *s, void *ud, uint32_t id)
 		return PK_YAMUX_REJECT;
 	if (r == 1)
 		random_op(f, id);
-	return r < 5 ? PK_YAMUX_ACCEPT : PK_YAMUX_DEFER;
+	return r < 4 ? PK_YAMUX_ACCEPT : r < 6 ? PK_YAMUX_ACCEPT_LAZY : PK_YAMUX_DEFER;
 }
 
 static void check(void *user, uint32_t id)

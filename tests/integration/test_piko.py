@@ -661,6 +661,15 @@ class PikoTest(unittest.TestCase):
         self.assertRegex(g.wait_line("response")[0], r"^response tls status=200 ")
         a2.wait_msg("registered", 5, endpoint="tls")
 
+    def test_peer_ack_comes_before_a_slow_answer(self):
+        # A stream's ACK rides on its first answer frame; a service slower than 20 ms gets
+        # it sent alone. hashicorp/yamux lets only AcceptBacklog streams await their ACK,
+        # and a Piko server drops a session whose stream waits StreamOpenTimeout for it.
+        svc = self.service("ackp")
+        g = self.go_server("--ack-probe", "--request-path", "/slow?ms=1500")
+        self.piko("agent", "http", "ackp", svc.forward, "--connect.url", g.url())
+        self.assertEqual(g.wait_line("ack"), ["ack ackp before-answer"])
+
     def test_peer_tls_tcp_streams_intact(self):
         # Over TLS the agent decrypts record after record into one buffer and hands them on
         # together (its writes to the service are gathered per hand-over): a TCP endpoint's

@@ -773,6 +773,100 @@ Test(stream, deferred_accept_and_backlog)
 	cr_assert_eq(count_ev(&srv, EV_ACK, b), 1);
 }
 
+/* A client with a 1 MiB window (the agent's default) answering on_stream lazily. */
+static void lazy_client(void)
+{
+	struct pk_yamux_options o;
+
+	pair_teardown();
+	pk_yamux_options_init(&o);
+	o.max_window = 1024 * 1024;
+	o.accept_backlog = 1;
+	peer_init(&srv, "server", PK_YAMUX_SERVER, NULL);
+	peer_init(&cli, "client", PK_YAMUX_CLIENT, &o);
+	srv.other = &cli;
+	cli.other = &srv;
+	cli.accept_answer = PK_YAMUX_ACCEPT_LAZY;
+}
+
+Test(stream, lazy_accept_ack_rides_on_the_first_data)
+{
+	struct pk_yamux_stream_info si;
+	uint32_t a, b;
+	size_t before;
+
+	lazy_client();
+	/* Two at once: lazy streams are not in the backlog (1). */
+	pk_yamux_open(srv.s, 0, NULL, &a);
+	pk_yamux_open(srv.s, 0, NULL, &b);
+	cr_assert_eq(pk_yamux_send(srv.s, a, "GET / HTTP/1.1\r\n\r\n", 18), 18);
+	pump();
+	cr_assert_eq(count_ev(&cli, EV_STREAM, 0), 2);
+	cr_assert_eq(rx_of(&cli, a)->len, 18);
+	/* Consumed (auto_consume), yet nothing went back: no ACK, no window update. */
+	cr_assert_eq(cli.wire.len, 0);
+	cr_assert_eq(pk_yamux_stream_info(cli.s, a, &si), 0);
+	cr_assert(si.state & PK_YAMUX_ST_ACK_LAZY);
+	cr_assert(!(si.state & PK_YAMUX_ST_DEFERRED));
+	/* The answer's first Data frame is the ACK. */
+	cr_assert_eq(pk_yamux_send(cli.s, a, "HTTP/1.1 200", 12), 12);
+	cr_assert_eq(cli.wire.len, 24);
+	cr_assert_eq(cli.wire.p[1], PK_YAMUX_DATA);
+	cr_assert_eq(cli.wire.p[3], PK_YAMUX_ACK);
+	pump();
+	cr_assert_eq(count_ev(&srv, EV_ACK, a), 1);
+	cr_assert_eq(pk_yamux_accept(cli.s, a), -EINVAL);
+	/* The other is ACKed alone when asked, with the window above 256 KiB granted. */
+	before = cli.wire.len;
+	cr_assert_eq(pk_yamux_accept(cli.s, b), 0);
+	cr_assert_eq(cli.wire.len, before + 12);
+	cr_assert_eq(cli.wire.p[before + 3], PK_YAMUX_ACK);
+	cr_assert_eq(get_be(cli.wire.p + before + 8), 768 * 1024);
+	pump();
+	cr_assert_eq(count_ev(&srv, EV_ACK, b), 1);
+	cr_assert_eq(pk_yamux_stream_info(srv.s, b, &si), 0);
+	cr_assert_eq(si.send_window, 1024 * 1024);
+}
+
+Test(stream, lazy_accept_opens_the_window_at_half_of_initial)
+{
+	static uint8_t body[128 * 1024];
+	struct pk_yamux_stream_info si;
+	uint32_t a;
+
+	lazy_client();
+	pk_yamux_open(srv.s, 0, NULL, &a);
+	cr_assert_eq(pk_yamux_send(srv.s, a, body, sizeof(body) - 1), (ssize_t)sizeof(body) - 1);
+	pump();
+	cr_assert_eq(cli.wire.len, 0); /* one byte short of half of 256 KiB */
+	cr_assert_eq(pk_yamux_send(srv.s, a, body, 1), 1);
+	pump();
+	/* WindowUpdate(ACK): the consumed 128 KiB back plus the 768 KiB above initial. */
+	cr_assert_eq(cli.wire.len, 12);
+	cr_assert_eq(cli.wire.p[1], PK_YAMUX_WINDOW_UPDATE);
+	cr_assert_eq(cli.wire.p[3], PK_YAMUX_ACK);
+	cr_assert_eq(get_be(cli.wire.p + 8), 768 * 1024 + sizeof(body));
+	cr_assert_eq(count_ev(&srv, EV_ACK, a), 1);
+	cr_assert_eq(pk_yamux_stream_info(srv.s, a, &si), 0);
+	cr_assert_eq(si.send_window, 1024 * 1024);
+}
+
+Test(stream, lazy_accept_ack_rides_on_fin)
+{
+	uint32_t a;
+
+	lazy_client();
+	pk_yamux_open(srv.s, 0, NULL, &a);
+	pump();
+	cr_assert_eq(cli.wire.len, 0);
+	cr_assert_eq(pk_yamux_close(cli.s, a), 0);
+	cr_assert_eq(cli.wire.len, 12);
+	cr_assert_eq(cli.wire.p[3], PK_YAMUX_ACK | PK_YAMUX_FIN);
+	pump();
+	cr_assert_eq(count_ev(&srv, EV_ACK, a), 1);
+	cr_assert_eq(count_ev(&srv, EV_FIN, a), 1);
+}
+
 Test(stream, max_streams_refuses_open_and_rsts_syn)
 {
 	struct pk_yamux_options o;

@@ -14,7 +14,10 @@
 // WebSocket (every write one binary message) and opens --open streams, each carrying one
 // "GET --request-path HTTP/1.1" with Connection: close; the answer is read until the
 // agent's FIN. With --stream-bytes, a stream carries that many bytes instead (byte i is
-// i % 251, for a TCP agent) while as many are read back, then FIN.
+// i % 251, for a TCP agent) while as many are read back, then FIN. With --ack-probe, the
+// session allows one unacknowledged stream (AcceptBacklog 1): one request is sent, and a
+// second OpenStream, which waits for the first stream's ACK, tells whether that ACK came
+// before the answer.
 //
 // stdout, one line per event (the first line is the port):
 //
@@ -22,6 +25,7 @@
 //	registered <endpoint> auth=<bearer|none>
 //	response <endpoint> status=<code> bytes=<n> body_sha256=<hex>
 //	echoed <endpoint> bytes=<n> sha256=<hex>        (--stream-bytes)
+//	ack <endpoint> before-answer|after-answer        (--ack-probe)
 //	stream-error <endpoint> <error>
 //	closed <endpoint>
 package main
@@ -55,6 +59,7 @@ var (
 	open        = flag.Int("open", 0, "streams to open per session")
 	requestPath = flag.String("request-path", "/", "path of the request sent on each stream")
 	streamBytes = flag.Int("stream-bytes", -1, "raw bytes sent on each stream instead of a request")
+	ackProbe    = flag.Bool("ack-probe", false, "report whether a stream's ACK comes before its answer")
 	timeout     = flag.Int("timeout", 120, "seconds before exiting (exit 3)")
 	tlsCert     = flag.String("tls-cert", "", "serve TLS with this certificate (PEM)")
 	tlsKey      = flag.String("tls-key", "", "private key for --tls-cert (PEM)")
@@ -127,6 +132,42 @@ func rawExchange(st *yamux.Stream, ep string, n int) {
 	say("echoed %s bytes=%d sha256=%s", ep, got, hex.EncodeToString(sum[:]))
 }
 
+// probeAck sends a request on a first stream and opens a second, which this session lets
+// through only once the first is ACKed; then reports whether the answer had come by then.
+func probeAck(sess *yamux.Session, ep string) {
+	first, err := sess.OpenStream()
+	if err != nil {
+		say("stream-error %s open: %v", ep, err)
+		return
+	}
+	defer first.Close()
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s.example.com\r\nConnection: close\r\n"+
+		"X-Piko-Forward: true\r\n\r\n", *requestPath, ep)
+	if _, err := first.Write([]byte(req)); err != nil {
+		say("stream-error %s write: %v", ep, err)
+		return
+	}
+	answered := make(chan struct{})
+	go func() {
+		first.SetReadDeadline(time.Now().Add(30 * time.Second))
+		ioutil.ReadAll(first)
+		close(answered)
+	}()
+	second, err := sess.OpenStream()
+	if err != nil {
+		say("stream-error %s open: %v", ep, err)
+		return
+	}
+	select {
+	case <-answered:
+		say("ack %s after-answer", ep)
+	default:
+		say("ack %s before-answer", ep)
+	}
+	second.Close()
+	<-answered
+}
+
 func exchange(sess *yamux.Session, ep string) {
 	st, err := sess.OpenStream()
 	if err != nil {
@@ -191,6 +232,9 @@ func handle(w http.ResponseWriter, r *http.Request) {
 	c := wsconn.New(ws)
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = ioutil.Discard
+	if *ackProbe {
+		cfg.AcceptBacklog = 1
+	}
 	sess, err := yamux.Server(c, cfg)
 	if err != nil {
 		say("stream-error %s yamux: %v", ep, err)
@@ -198,6 +242,9 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	say("registered %s auth=%s", ep, auth)
+	if *ackProbe {
+		probeAck(sess, ep)
+	}
 	for i := 0; i < *open; i++ {
 		exchange(sess, ep)
 	}
