@@ -586,11 +586,14 @@ def stream_relay(d, name, port, to, cpu=SUT_CPU):
                  out=os.path.join(d, "nginx-%s.out" % name))
 
 
-def iperf_run(port, quick, retry_s=0):
-    """bits/s received by iperf3 -c (on the load generator's core) through port; retried
-    for retry_s while the path is still coming up. nan when it never ran."""
+IPERF_ROUNDS = 3
+
+
+def iperf_run(port, secs, retry_s=0):
+    """bits/s received by iperf3 -c (on the load generator's core) through port in secs
+    seconds; retried for retry_s while the path is still coming up. nan when it never ran."""
     argv = ["taskset", "-c", LOADGEN_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
-            "2" if quick else "5", "-J"]
+            str(secs), "-J"]
     deadline = time.monotonic() + retry_s
     while True:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
@@ -603,49 +606,60 @@ def iperf_run(port, quick, retry_s=0):
 
 
 def iperf(d, R, quick):
+    """Every path is set up at once, then measured in IPERF_ROUNDS interleaved rounds (one
+    iperf3 run per path per round, the order reversed every other round); the median per
+    path is reported. A single run swings by 20 % on this kind of machine."""
     port = free_port()
     srv = start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                 out=os.path.join(d, "iperf3.log"))
-    bps, cmd = iperf_run(port, quick, retry_s=10)
-    R["iperf_direct"] = {"bps": bps, "cmd": cmd}
-    paths = {}
+    paths = {"direct": port}
+    procs = [srv]
     # Calibration: one and three nginx stream relays (three = as many relaying processes
-    # as forwarder + pikod + agent), all on the core under test; then three with the first
+    # as forwarder + pikod + agent), all on the core under test; and three with the first
     # relay on the load generator's core, where a client-side forwarder runs.
     if os.path.exists(STREAM_MODULE):
-        p1, p2, p3 = free_port(), free_port(), free_port()
-        relays = [stream_relay(d, "s3", p3, port), stream_relay(d, "s2", p2, p3),
-                  stream_relay(d, "s1", p1, p2)]
-        paths["nginx stream, 1 relay"] = iperf_run(p3, quick, retry_s=10)[0]
-        paths["nginx stream, 3 relays"] = iperf_run(p1, quick, retry_s=10)[0]
-        stop(relays[2])
-        relays[2] = stream_relay(d, "s1", p1, p2, cpu=LOADGEN_CPU)
-        paths["nginx stream, 3 relays, first on the client core"] = iperf_run(
-            p1, quick, retry_s=10)[0]
-        for r in relays:
-            stop(r)
+        p1, p1c, p2, p3 = free_port(), free_port(), free_port(), free_port()
+        procs += [stream_relay(d, "s3", p3, port), stream_relay(d, "s2", p2, p3),
+                  stream_relay(d, "s1", p1, p2),
+                  stream_relay(d, "s1c", p1c, p2, cpu=LOADGEN_CPU)]
+        paths["nginx stream, 1 relay"] = p3
+        paths["nginx stream, 3 relays"] = p1
+        paths["nginx stream, 3 relays, first on the client core"] = p1c
     # Through a TCP endpoint: iperf3 client -> `piko forward tcp` -> WebSocket
     # /_piko/v1/tcp/iperf on pikod's proxy port -> tunnel -> `piko agent tcp` -> iperf3 server.
     piko = os.path.join(BUILD, "piko")
     pk, ports, _ = pikod(d, "iperf", 1, ["--proxy.access-log.disable"])
-    ag = start([piko, "agent", "tcp", "iperf", "127.0.0.1:%d" % port, "--connect.url",
-                "http://127.0.0.1:%d" % ports["upstream"]], out=os.path.join(d, "agent-iperf.log"))
+    procs += [pk, start([piko, "agent", "tcp", "iperf", "127.0.0.1:%d" % port, "--connect.url",
+                         "http://127.0.0.1:%d" % ports["upstream"]],
+                        out=os.path.join(d, "agent-iperf.log"))]
     for label, cpu in (("pikod + piko", SUT_CPU),
                        ("pikod + piko, forwarder on the client core", LOADGEN_CPU)):
         fport = free_port()
-        fw = start([piko, "forward", "tcp", "127.0.0.1:%d" % fport, "iperf", "--connect.url",
-                    "http://127.0.0.1:%d" % ports["proxy"]], cpu=cpu,
-                   out=os.path.join(d, "forward-iperf.log"))
-        # The agent registers asynchronously: retry the whole iperf3 run until it connects.
-        paths[label] = iperf_run(fport, quick, retry_s=15)[0]
-        stop(fw)
-    R["iperf_paths"] = paths
+        procs.append(start([piko, "forward", "tcp", "127.0.0.1:%d" % fport, "iperf",
+                            "--connect.url", "http://127.0.0.1:%d" % ports["proxy"]], cpu=cpu,
+                           out=os.path.join(d, "forward-iperf.log")))
+        paths[label] = fport
+    # Warm-up: every path carries once (the agent registers asynchronously).
+    for p in paths.values():
+        iperf_run(p, 1, retry_s=15)
+    secs = 1 if quick else 3
+    samples = {k: [] for k in paths}
+    cmd = ""
+    for r in range(IPERF_ROUNDS):
+        for k in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
+            bps, argv = iperf_run(paths[k], secs)
+            samples[k].append(bps)
+            cmd = cmd or argv
+    bps = med(samples["direct"])
+    R["iperf_direct"] = {"bps": bps, "cmd": cmd}
+    R["iperf_paths"] = {k: med(v) for k, v in samples.items() if k != "direct"}
+    R["iperf_rounds"] = samples
+    tun = R["iperf_paths"]["pikod + piko"]
     R["iperf_tunnel"] = "%.2f Gbit/s = %.2f x direct" % (
-        paths["pikod + piko"] / 1e9, paths["pikod + piko"] / bps if bps == bps and bps else
-        float("nan"))
-    log("iperf3 direct %.1f Gbit/s; " % (bps / 1e9) + "; ".join(
-        "%s %.1f" % (k, v / 1e9) for k, v in paths.items()))
-    for p in (ag, pk, srv):
+        tun / 1e9, tun / bps if bps == bps and bps else float("nan"))
+    log("iperf3 (median of %d) direct %.1f Gbit/s; " % (IPERF_ROUNDS, bps / 1e9) + "; ".join(
+        "%s %.1f" % (k, v / 1e9) for k, v in R["iperf_paths"].items()))
+    for p in reversed(procs):
         stop(p)
 
 
@@ -841,8 +855,9 @@ def report(R, out):
         lines.append("")
     ip = R.get("iperf_direct")
     if ip:
-        lines.append("TCP throughput, iperf3 -c on the load generator's core, 5 s "
-                     "(everything else on the core under test unless said)")
+        lines.append("TCP throughput, iperf3 -c on the load generator's core, median of %d "
+                     "interleaved rounds of 3 s (everything else on the core under test unless "
+                     "said)" % IPERF_ROUNDS)
         lines.append("")
         row("path", "Gbit/s", "vs direct", "vs nginx stream, 3 relays (same placement)")
         row(*["---"] * 4)
