@@ -305,6 +305,16 @@ static void pair_teardown(void)
 	peer_fini(&cli);
 }
 
+/* The pair again, with options of its own for either side (NULL: defaults). */
+static void pair_reinit(const struct pk_yamux_options *so, const struct pk_yamux_options *co)
+{
+	pair_teardown();
+	peer_init(&srv, "server", PK_YAMUX_SERVER, so);
+	peer_init(&cli, "client", PK_YAMUX_CLIENT, co);
+	srv.other = &cli;
+	cli.other = &srv;
+}
+
 /* Feeds each side's inbox until both are empty. Returns the first negative feed result. */
 static ssize_t pump(void)
 {
@@ -443,13 +453,9 @@ Test(wire, larger_max_window_is_granted_with_syn_and_ack)
 	struct pk_yamux_stream_info si;
 	uint32_t id;
 
-	pair_teardown();
 	pk_yamux_options_init(&o);
 	o.max_window = 1024 * 1024;
-	peer_init(&srv, "server", PK_YAMUX_SERVER, &o);
-	peer_init(&cli, "client", PK_YAMUX_CLIENT, &o);
-	srv.other = &cli;
-	cli.other = &srv;
+	pair_reinit(&o, &o);
 	pk_yamux_open(srv.s, 0, NULL, &id);
 	cr_assert_eq(get_be(srv.wire.p + 8), 768 * 1024);
 	pump();
@@ -740,13 +746,9 @@ Test(stream, deferred_accept_and_backlog)
 	struct pk_yamux_stream_info si;
 	uint32_t a, b, c;
 
-	pair_teardown();
 	pk_yamux_options_init(&o);
 	o.accept_backlog = 2;
-	peer_init(&srv, "server", PK_YAMUX_SERVER, NULL);
-	peer_init(&cli, "client", PK_YAMUX_CLIENT, &o);
-	srv.other = &cli;
-	cli.other = &srv;
+	pair_reinit(NULL, &o);
 	cli.accept_answer = PK_YAMUX_DEFER;
 	pk_yamux_open(srv.s, 0, NULL, &a);
 	pk_yamux_open(srv.s, 0, NULL, &b);
@@ -778,14 +780,10 @@ static void lazy_client(void)
 {
 	struct pk_yamux_options o;
 
-	pair_teardown();
 	pk_yamux_options_init(&o);
 	o.max_window = 1024 * 1024;
 	o.accept_backlog = 1;
-	peer_init(&srv, "server", PK_YAMUX_SERVER, NULL);
-	peer_init(&cli, "client", PK_YAMUX_CLIENT, &o);
-	srv.other = &cli;
-	cli.other = &srv;
+	pair_reinit(NULL, &o);
 	cli.accept_answer = PK_YAMUX_ACCEPT_LAZY;
 }
 
@@ -872,14 +870,10 @@ Test(stream, max_streams_refuses_open_and_rsts_syn)
 	struct pk_yamux_options o;
 	uint32_t id;
 
-	pair_teardown();
 	pk_yamux_options_init(&o);
 	o.max_streams = 2;
 	o.accept_backlog = 2;
-	peer_init(&srv, "server", PK_YAMUX_SERVER, NULL);
-	peer_init(&cli, "client", PK_YAMUX_CLIENT, &o);
-	srv.other = &cli;
-	cli.other = &srv;
+	pair_reinit(NULL, &o);
 	cr_assert_eq(pk_yamux_open(cli.s, 0, NULL, &id), 0);
 	cr_assert_eq(pk_yamux_open(cli.s, 0, NULL, &id), 0);
 	cr_assert_eq(pk_yamux_open(cli.s, 0, NULL, &id), -ENOSPC);

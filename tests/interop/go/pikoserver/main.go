@@ -132,6 +132,12 @@ func rawExchange(st *yamux.Stream, ep string, n int) {
 	say("echoed %s bytes=%d sha256=%s", ep, got, hex.EncodeToString(sum[:]))
 }
 
+// request is the HTTP request each stream carries.
+func request(ep string) string {
+	return fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s.example.com\r\nConnection: close\r\n"+
+		"X-Piko-Forward: true\r\n\r\n", *requestPath, ep)
+}
+
 // probeAck sends a request on a first stream and opens a second, which this session lets
 // through only once the first is ACKed; then reports whether the answer had come by then.
 func probeAck(sess *yamux.Session, ep string) {
@@ -141,8 +147,7 @@ func probeAck(sess *yamux.Session, ep string) {
 		return
 	}
 	defer first.Close()
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s.example.com\r\nConnection: close\r\n"+
-		"X-Piko-Forward: true\r\n\r\n", *requestPath, ep)
+	req := request(ep)
 	if _, err := first.Write([]byte(req)); err != nil {
 		say("stream-error %s write: %v", ep, err)
 		return
@@ -179,8 +184,7 @@ func exchange(sess *yamux.Session, ep string) {
 		rawExchange(st, ep, *streamBytes)
 		return
 	}
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s.example.com\r\nConnection: close\r\n"+
-		"X-Piko-Forward: true\r\n\r\n", *requestPath, ep)
+	req := request(ep)
 	if _, err := st.Write([]byte(req)); err != nil {
 		say("stream-error %s write: %v", ep, err)
 		return
