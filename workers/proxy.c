@@ -32,10 +32,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PK__LOG              "proxy"
-#define PK__READ_CHUNK       (64 * 1024)
-#define PK__MAX_CANDIDATES   64
-#define PK__WAIT_POLL_MS     20
+#define PK__LOG            "proxy"
+#define PK__READ_CHUNK     (64 * 1024)
+#define PK__MAX_CANDIDATES 64
+#define PK__WAIT_POLL_MS   20
+/* TCP endpoint: how long the client may take to answer our close frame with its own. */
+#define PK__CLOSE_WAIT_MS    10000
 #define PK__TCP_PREFIX       "/_piko/v1/tcp/"
 #define PK__MAX_HOPS         2
 #define PK__HANDOFF_RETRY_MS 2000
@@ -111,6 +113,7 @@ struct pk__pconn {
 	int resp_head_done;
 	int resp_done;
 	int upstream_fin;
+	int shut_done; /* our half-close towards the client is out */
 	int status;
 	int inflight;        /* counted in the in-flight gauge */
 	uint64_t tunnel_id;  /* of the current request's stream */
@@ -213,12 +216,35 @@ static void pk__close(struct pk__pconn *pc)
 	uv_close((uv_handle_t *)&pc->timer, pk__handle_closed);
 }
 
+static void pk__close_wait_timeout(uv_timer_t *t)
+{
+	pk__close(t->data);
+}
+
+/* TCP endpoint: the connection ends once both close frames are through (ours out, the
+ * client's taken and turned into the stream's FIN after its last bytes), so neither what
+ * the service sent last nor what the client sent last is cut off. */
+static void pk__tcp_maybe_done(struct pk__pconn *pc)
+{
+	if (pc->state != PK__P_TCP || !pc->shut_done)
+		return;
+	if (pc->client_eof && !pc->fin_after_dec)
+		pk__close(pc);
+	else if (!pc->client_eof)
+		uv_timer_start(&pc->timer, pk__close_wait_timeout, PK__CLOSE_WAIT_MS, 0);
+}
+
 static void pk__after_shutdown(uv_shutdown_t *req, int status)
 {
 	struct pk__pconn *pc = req->data;
 	free(req);
 	if (pc->state == PK__P_CLOSING)
 		return;
+	pc->shut_done = 1;
+	if (status >= 0 && pc->state == PK__P_TCP) {
+		pk__tcp_maybe_done(pc);
+		return;
+	}
 	if (status < 0 || pc->client_eof || pc->state != PK__P_SPLICE) {
 		pk__close(pc);
 	}
@@ -778,6 +804,10 @@ static void pk__x_on_close(void *ud, int err)
 	if (pc == NULL)
 		return;
 	pc->x = NULL;
+	if (pc->state == PK__P_TCP && pc->upstream_fin && pc->client_eof && !pc->fin_after_dec) {
+		pk__tcp_maybe_done(pc); /* both FINs: the end of a clean close, not a reset */
+		return;
+	}
 	if (pc->state == PK__P_EXCHANGE && !pc->resp_head_done)
 		pk__fail(pc, 502, "upstream unreachable");
 	else if (pc->state != PK__P_EXCHANGE || !pc->resp_done)
@@ -853,12 +883,12 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 			                      ev.len);
 			if (n > 0)
 				pk__cwrite(pc, frame, (size_t)n, NULL, 0, 0);
-		} else if (ev.type == PK_WS_EV_CLOSE && pc->x && !pc->upstream_fin &&
-		           !pc->ws.close_sent) {
+		} else if (ev.type == PK_WS_EV_CLOSE && pc->x) {
 			/* The client is done sending: FIN to the stream, after what the stream
 			 * could not take yet (dec[]). What the service still sends goes on to the
 			 * client, and our close frame answers once the agent's FIN comes
-			 * (pk__x_on_fin), as a TCP half-close would. */
+			 * (pk__x_on_fin), as a TCP half-close would; if it came first, this is the
+			 * client's answer to ours (pk__tcp_maybe_done). */
 			pc->client_eof = 1;
 			pc->fin_after_dec = 1;
 			pk__read_stop(pc);
@@ -888,6 +918,7 @@ static void pk__pump_tcp(struct pk__pconn *pc)
 		pc->fin_after_dec = 0;
 		if (pc->x)
 			pk_tunnel_stream_fin(pc->x->t, pc->x->sid);
+		pk__tcp_maybe_done(pc);
 		return;
 	}
 	pk__read_start(pc);
@@ -1223,7 +1254,8 @@ static void pk__start_exchange(struct pk__pconn *pc, struct pk_tunnel *t)
 	}
 	x->pc = pc;
 	x->t = t;
-	int rc = pk_tunnel_stream_open(t, &pk__xops, x, &x->sid);
+	/* A request's SYN rides on the request; a TCP endpoint's service may speak first. */
+	int rc = pk_tunnel_stream_open(t, &pk__xops, x, !pc->tcp_mode, &x->sid);
 	if (rc < 0) {
 		free(x);
 		if (rc == -EBUSY)

@@ -178,6 +178,10 @@ static void pk__flush_all(uv_prepare_t *h)
 		struct pk_tunnel *t = pk__flush_list;
 		pk__unlist(t);
 		pk__flush(t);
+		/* A direct write (pk__send_direct) may have taken the batch that kept the queue
+		 * high: no write completion will wake the streams waiting for it. */
+		if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing)
+			pk__notify_writable(t);
 	}
 	uv_prepare_stop(h);
 }
@@ -392,7 +396,7 @@ static const struct pk_yamux_callbacks pk__ys_cbs = {
 
 /* ---- stream API for the proxy ---- */
 
-int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud,
+int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud, int lazy,
                           uint32_t *id)
 {
 	if (!pk_tunnel_usable(t))
@@ -405,8 +409,7 @@ int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops,
 	ts->t = t;
 	ts->ops = ops;
 	ts->ud = ud;
-	/* Lazy: the SYN rides on the request's first bytes. */
-	int rc = pk_yamux_open(t->ys, PK_YAMUX_OPEN_LAZY, ts, &ts->id);
+	int rc = pk_yamux_open(t->ys, lazy ? PK_YAMUX_OPEN_LAZY : 0, ts, &ts->id);
 	if (rc < 0) {
 		free(ts);
 		return rc;

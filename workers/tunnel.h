@@ -48,9 +48,11 @@ int pk_tunnel_usable(const struct pk_tunnel *t);
 /* In-flight streams. */
 unsigned pk_tunnel_streams(const struct pk_tunnel *t);
 
-/* Opens a stream. 0 and *id, or -ECONNREFUSED (tunnel closing), -EBUSY (too many streams:
- * the per-tunnel cap), -ENOSPC, -EPIPE. */
-int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud,
+/* Opens a stream. lazy: its SYN rides on its first frame (a request: the caller sends at
+ * once); else the SYN goes now (a TCP endpoint, whose service may speak first). 0 and *id,
+ * or -ECONNREFUSED (tunnel closing), -EBUSY (too many streams: the per-tunnel cap),
+ * -ENOSPC, -EPIPE. */
+int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops, void *ud, int lazy,
                           uint32_t *id);
 /* Sends up to len bytes; returns how many were taken (0: wait for on_writable) or -errno. */
 ssize_t pk_tunnel_stream_send(struct pk_tunnel *t, uint32_t id, const void *buf, size_t len);

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,62 @@ def sha_of_pattern(n):
     for piece in pattern_chunks(n):
         h.update(piece)
     return h.hexdigest()
+
+
+def ws_masked(op, payload):
+    """One client frame (FIN set, masked) carrying payload."""
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | op])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0xFE]) + struct.pack("!H", n)
+    else:
+        head += bytes([0xFF]) + struct.pack("!Q", n)
+    keys = (key * (n // 4 + 1))[:n]
+    return head + key + (int.from_bytes(payload, "big") ^
+                         int.from_bytes(keys, "big")).to_bytes(n, "big")
+
+
+def ws_tcp_open(port, endpoint, rcvbuf=0):
+    """A raw socket upgraded to a WebSocket on /_piko/v1/tcp/<endpoint>."""
+    c = socket.socket()
+    if rcvbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    c.settimeout(60)
+    c.connect(("127.0.0.1", port))
+    c.sendall(b"GET /_piko/v1/tcp/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n" % endpoint.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.recv(1)
+    return c, head.split(b"\r\n")[0]
+
+
+def ws_parse(raw):
+    """Server frames in raw: (payload bytes of the data frames, the close frame's payload or
+    None, offset after the close frame or where parsing stopped)."""
+    got, close, off = bytearray(), None, 0
+    while close is None and off + 2 <= len(raw):
+        op, n = raw[off] & 0x0F, raw[off + 1] & 0x7F
+        off += 2
+        if n == 126:
+            n = struct.unpack("!H", raw[off:off + 2])[0]
+            off += 2
+        elif n == 127:
+            n = struct.unpack("!Q", raw[off:off + 8])[0]
+            off += 8
+        if off + n > len(raw):
+            break  # cut mid-frame
+        if op == 8:
+            close = bytes(raw[off:off + n])
+        else:
+            got += raw[off:off + n]
+        off += n
+    return got, close, off
 
 
 class PikoTest(unittest.TestCase):
@@ -435,6 +492,88 @@ class PikoTest(unittest.TestCase):
                     got += piece
             self.assertEqual((len(got), hashlib.sha256(got).hexdigest()),
                              (size, hashlib.sha256(data).hexdigest()), "burst %d" % i)
+
+    def test_tcp_endpoint_slow_reader_gets_the_tail_and_the_close_frame(self):
+        # The client sends 16 MiB and its close frame and reads slowly, so when the agent's
+        # FIN comes pikod may still hold the end of the echo behind a full socket: that
+        # tail, then pikod's close frame, must reach the client before the connection ends.
+        # (Before the fix it failed in 3 runs of 3 with the ASan builds `make test` uses.)
+        d = self.pikod()
+        echo = TcpEcho()
+        self.addCleanup(echo.stop)
+        self.agent(d, "tcp", "slowtail", echo.forward)
+        size = 16 * MIB
+        data = pattern(size)
+        c, status = ws_tcp_open(d.addrs["proxy"][1], "slowtail", rcvbuf=4096)
+        self.addCleanup(c.close)
+        self.assertIn(b" 101 ", status)
+
+        def sender():
+            for off in range(0, size, 65536):
+                c.sendall(ws_masked(2, data[off:off + 65536]))
+            c.sendall(ws_masked(8, struct.pack("!H", 1000)))
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        # A slow reader (a pace, not a wait for anything): 4 KiB at a time, 0.2 ms apart,
+        # until the connection ends.
+        raw = bytearray()
+        while True:
+            piece = c.recv(4096)
+            if not piece:
+                break
+            raw += piece
+            time.sleep(0.0002)
+        t.join(60)
+        got, close, off = ws_parse(raw)
+        self.assertEqual((len(got), hashlib.sha256(got).hexdigest()),
+                         (size, hashlib.sha256(data).hexdigest()))
+        self.assertEqual(close[:2] if close is not None else None, struct.pack("!H", 1000))
+        self.assertEqual(off, len(raw))  # nothing after the close frame
+
+    def test_tcp_endpoint_service_speaking_and_closing_first(self):
+        # The service speaks first (a banner, as SMTP or MySQL servers do; the stream must
+        # reach the agent before the client sends anything: it hung before) and half-closes:
+        # pikod's close frame follows the banner, and what the client sends before answering
+        # with its own close frame still reaches the service, then FIN, then the end.
+        got = {}
+        done = threading.Event()
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        self.addCleanup(srv.close)
+
+        def service():
+            s, _ = srv.accept()
+            with s:
+                s.sendall(b"banner\n")
+                s.shutdown(socket.SHUT_WR)
+                buf = b""
+                while True:
+                    piece = s.recv(65536)
+                    if not piece:
+                        break
+                    buf += piece
+                got["bytes"] = buf
+            done.set()
+
+        threading.Thread(target=service, daemon=True).start()
+        d = self.pikod()
+        self.agent(d, "tcp", "banner", "127.0.0.1:%d" % srv.getsockname()[1])
+        c, status = ws_tcp_open(d.addrs["proxy"][1], "banner")
+        self.addCleanup(c.close)
+        self.assertIn(b" 101 ", status)
+        raw = bytearray()
+        while ws_parse(raw)[1] is None:
+            piece = c.recv(65536)
+            self.assertTrue(piece, "closed before pikod's close frame: %r" % bytes(raw))
+            raw += piece
+        banner, close, off = ws_parse(raw)
+        self.assertEqual((bytes(banner), close[:2]), (b"banner\n", struct.pack("!H", 1000)))
+        c.sendall(ws_masked(2, b"late bytes") + ws_masked(8, struct.pack("!H", 1000)))
+        self.assertEqual(c.recv(1), b"")  # the connection ends after the client's close
+        self.assertTrue(done.wait(30))
+        self.assertEqual(got["bytes"], b"late bytes")
 
     # ---- config file ----
     def test_agent_start_with_config_file(self):
