@@ -204,10 +204,13 @@ class DaemonTest(unittest.TestCase):
         # Hold a request head half-sent so a worker has work in flight while stopping.
         s = socket.create_connection(d.addrs["proxy"])
         s.sendall(b"GET / HTTP/1.1\r\nHost: ep.example.com\r\n")
+        workers = list(d.worker_pids().values())
         mark = d.mark()
         d.signal(signal.SIGTERM)
         notify.wait_for(lambda m: m.get("STOPPING") == "1")
-        d.wait_msg("draining", 10, start=mark)
+        # Every worker, not just the first child to say so: the one holding s must know.
+        for pid in workers:
+            d.wait_msg("draining", 10, start=mark, pid=pid)
         status, _, body = d.http("admin", "GET", "/ready")
         self.assertEqual(status, 503, body)
         s.sendall(b"\r\n")
