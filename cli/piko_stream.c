@@ -390,51 +390,54 @@ static void pk__answer_error(struct pk_strm *h, unsigned status, const char *msg
 
 /* ---- towards the service ---- */
 
-static int pk__write_conn(struct pk_strm *h, const uint8_t *d, size_t n)
+/* Writes bufs to the service. What the socket takes at once gives its window back now,
+ * without a copy, a write request or a completion callback; the rest is copied into the
+ * connection's queue with its window as credit, given back when its write completes. When
+ * the connection cannot take them, their window goes back at once and -1 is returned: either
+ * way every byte's window is accounted for here, and the caller gives back nothing. */
+static int pk__writev_conn(struct pk_strm *h, uv_buf_t *b, unsigned n)
 {
-	/* What the socket takes at once is written: its window goes back now, without a
-	 * copy, a write request or a completion callback. The rest is queued and given back
-	 * when its write completes. */
-	size_t done = pk_net_try_write(h->conn, d, n);
+	size_t total = 0;
+	for (unsigned i = 0; i < n; i++)
+		total += b[i].len;
+	size_t done = pk_net_try_writev(h->conn, b, n);
+	size_t rest = total - done;
 	if (done > 0 && !h->gone)
 		pk_yamux_consumed(h->env.ys, h->id, done);
-	if (done == n)
+	if (rest == 0)
 		return 0;
-	if (pk_net_write1(h->conn, d + done, n - done, n - done) < 0)
+	unsigned i = 0;
+	while (done >= b[i].len)
+		done -= b[i++].len;
+	b[i].base += done;
+	b[i].len -= done;
+	if (pk_net_write(h->conn, b + i, n - i, rest) < 0) {
+		/* The connection reports the failure; these bytes will never be written. */
+		if (!h->gone)
+			pk_yamux_consumed(h->env.ys, h->id, rest);
 		return -1;
-	h->credit_out += n - done;
+	}
+	h->credit_out += rest;
 	return 0;
 }
 
-/* Writes the gathered bytes: what the socket takes at once gives its window back now, the
- * rest is copied into the connection's queue with its window as credit. */
+static int pk__write_conn(struct pk_strm *h, const uint8_t *d, size_t n)
+{
+	uv_buf_t b = uv_buf_init((char *)d, (unsigned)n);
+	return pk__writev_conn(h, &b, 1);
+}
+
+/* Writes the bytes gathered from the tunnel read that has just been handed on. */
 static void pk__gather_flush(struct pk_strm *h)
 {
 	unsigned n = h->ngather;
 	if (n == 0)
 		return;
 	h->ngather = 0;
-	size_t total = 0;
 	for (unsigned i = 0; i < n; i++)
-		total += h->gather[i].len;
-	size_t done = pk_net_try_writev(h->conn, h->gather, n);
-	size_t rest = total - done;
-	h->credit_out -= done;
-	if (done > 0 && !h->gone)
-		pk_yamux_consumed(h->env.ys, h->id, done);
-	if (rest == 0)
-		return;
-	unsigned i = 0;
-	while (done >= h->gather[i].len)
-		done -= h->gather[i++].len;
-	h->gather[i].base += done;
-	h->gather[i].len -= done;
-	if (pk_net_write(h->conn, h->gather + i, n - i, rest) < 0) {
-		/* The connection reports the failure; these bytes will never be written. */
-		h->credit_out -= rest;
-		if (!h->gone)
-			pk_yamux_consumed(h->env.ys, h->id, rest);
-	}
+		h->credit_out -= h->gather[i].len; /* held while gathered; the write takes them */
+	if (pk__writev_conn(h, h->gather, n) < 0)
+		pk__reset(h); /* the service would miss bytes of the stream */
 }
 
 static void pk__gather_flush_all(void)
@@ -456,7 +459,7 @@ static void pk__gather(struct pk_strm *h, const uint8_t *d, size_t n)
 		return;
 	if (!pk_net_in_read()) {
 		if (pk__write_conn(h, d, n) < 0)
-			pk_yamux_consumed(h->env.ys, h->id, n);
+			pk__reset(h);
 		return;
 	}
 	h->credit_out += n;
@@ -467,8 +470,11 @@ static void pk__gather(struct pk_strm *h, const uint8_t *d, size_t n)
 			return;
 		}
 	}
-	if (h->ngather == PK__GATHER_MAX)
+	if (h->ngather == PK__GATHER_MAX) {
 		pk__gather_flush(h);
+		if (h->conn == NULL)
+			return; /* reset: the window of d went back with credit_out */
+	}
 	h->gather[h->ngather++] = uv_buf_init((char *)d, (unsigned)n);
 	if (!h->glisted) {
 		pk__enter(h);
@@ -666,9 +672,13 @@ static void pk__request_bytes(struct pk_strm *h, const uint8_t *d, size_t n)
 	if (n == 0)
 		return;
 	if (h->upgrade || h->req_done || h->conn == NULL) {
-		if (h->upgrade && h->conn && !h->req_done && pk__write_conn(h, d, n) == 0)
-			return;
-		pk_yamux_consumed(h->env.ys, h->id, n); /* nothing more belongs to the request */
+		if (h->upgrade && h->conn && !h->req_done) {
+			if (pk__write_conn(h, d, n) < 0)
+				pk__reset(h);
+		} else {
+			/* nothing more belongs to the request */
+			pk_yamux_consumed(h->env.ys, h->id, n);
+		}
 		return;
 	}
 	ssize_t k = pk_http1_body_feed(&h->reqbody, d, n);
@@ -678,7 +688,7 @@ static void pk__request_bytes(struct pk_strm *h, const uint8_t *d, size_t n)
 		return;
 	}
 	if (k > 0 && pk__write_conn(h, d, (size_t)k) < 0) {
-		pk_yamux_consumed(h->env.ys, h->id, n);
+		pk_yamux_consumed(h->env.ys, h->id, n - (size_t)k);
 		pk__reset(h);
 		return;
 	}
@@ -1103,7 +1113,8 @@ void pk_strm_fin(struct pk_strm *h)
 	case PK__H_SPLICE:
 		if (h->conn) {
 			pk__gather_flush(h); /* the half-close goes after them */
-			pk_net_shutdown(h->conn);
+			if (h->conn)
+				pk_net_shutdown(h->conn);
 		}
 		break;
 	case PK__H_WAIT:
