@@ -142,10 +142,11 @@ struct pk__cwrite {
 static struct pk__pconn *pk__conns;
 
 /* Connections whose last write went out whole at once (uv_try_write). What its completion
- * would have done next (the next request, or the shutdown) runs from an idle handle, at the
- * same point of the next loop turn as a uv_write completion, not inside the caller. */
+ * would have done next (the next request, or the shutdown) runs before the loop polls again
+ * (a prepare handle), not inside the caller. An idle handle would make that poll return at
+ * once: a turn of the loop more, and a system call, for every answer. */
 static struct pk__pconn *pk__settle_head;
-static uv_idle_t pk__settle_idle;
+static uv_prepare_t pk__settle_prep;
 static int pk__settle_ready;
 
 static void pk__pump(struct pk__pconn *pc);
@@ -185,7 +186,8 @@ static void pk__handle_closed(uv_handle_t *h)
 }
 
 /* Drops the current exchange's stream: detached if it may still get the agent's FIN,
- * reset when the request was abandoned. */
+ * reset when the request was abandoned. The FIN after a complete HTTP answer tells the
+ * agent nothing it waits for: it goes with the next frames for the agent. */
 static void pk__drop_xchg(struct pk__pconn *pc, int abort)
 {
 	struct pk__xchg *x = pc->x;
@@ -193,7 +195,10 @@ static void pk__drop_xchg(struct pk__pconn *pc, int abort)
 		return;
 	pc->x = NULL;
 	x->pc = NULL;
-	if (!abort && x->t && pk_tunnel_stream_fin(x->t, x->sid) == 0)
+	int lazy = pc->resp_done && !pc->tcp_mode;
+	if (!abort && x->t &&
+	    (lazy ? pk_tunnel_stream_fin_lazy(x->t, x->sid) : pk_tunnel_stream_fin(x->t, x->sid)) ==
+	        0)
 		return; /* detached: freed when the agent's side ends (pk__x_on_close) */
 	if (x->t)
 		pk_tunnel_stream_reset(x->t, x->sid);
@@ -281,7 +286,7 @@ static void pk__written(struct pk__pconn *pc)
 	}
 }
 
-static void pk__settle_all(uv_idle_t *h)
+static void pk__settle_all(uv_prepare_t *h)
 {
 	while (pk__settle_head != NULL) {
 		struct pk__pconn *pc = pk__settle_head;
@@ -290,7 +295,10 @@ static void pk__settle_all(uv_idle_t *h)
 		if (pc->state != PK__P_CLOSING)
 			pk__written(pc);
 	}
-	uv_idle_stop(h);
+	uv_prepare_stop(h);
+	/* A pipelined request routed just now has frames for its agent: they go before the
+	 * poll too, whether or not the tunnels' own prepare handle has run this turn. */
+	pk_tunnel_flush_pending();
 }
 
 static void pk__settle_later(struct pk__pconn *pc)
@@ -298,13 +306,13 @@ static void pk__settle_later(struct pk__pconn *pc)
 	if (pc->settle_queued)
 		return;
 	if (!pk__settle_ready) {
-		uv_idle_init(pc->w->loop, &pk__settle_idle);
+		uv_prepare_init(pc->w->loop, &pk__settle_prep);
 		pk__settle_ready = 1;
 	}
 	pc->settle_queued = 1;
 	pc->settle_next = pk__settle_head;
 	pk__settle_head = pc;
-	uv_idle_start(&pk__settle_idle, pk__settle_all);
+	uv_prepare_start(&pk__settle_prep, pk__settle_all);
 }
 
 static void pk__cwrite_done(uv_write_t *req, int status)

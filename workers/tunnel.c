@@ -21,6 +21,8 @@
 #define PK__TICK_MS          5000
 #define PK__PING_INTERVAL_MS 30000 /* as Piko */
 #define PK__PING_TIMEOUT_MS  10000
+#define PK__FIN_DELAY_MS     10 /* an exchange's FIN waits at most this long for company */
+#define PK__FIN_OWED_MAX     16
 
 struct pk__tstream {
 	struct pk_tunnel *t;
@@ -58,6 +60,9 @@ struct pk_tunnel {
 	struct pk__twrite *batch; /* frames not yet handed to uv_write */
 	struct pk_tunnel *fnext, *fprev;
 	int in_flush_list;
+	uint32_t fin_owed[PK__FIN_OWED_MAX]; /* streams whose FIN waits for other frames */
+	unsigned nfin;
+	struct pk_tunnel *onext, *oprev; /* on pk__owing while nfin > 0 */
 };
 
 /* One read buffer for every tunnel of the worker: what is read is decoded and handed on
@@ -86,6 +91,12 @@ static struct pk_tunnel *pk__flush_list;
 static uv_prepare_t pk__flush_prepare;
 static int pk__flush_ready;
 
+/* Tunnels owing FINs (pk_tunnel_stream_fin_lazy), and the timer that sends them when no
+ * other frame has taken them along. */
+static struct pk_tunnel *pk__owing;
+static uv_timer_t pk__fin_timer;
+static int pk__fin_timer_ready;
+
 static void pk__tunnel_close(struct pk_tunnel *t, const char *reason);
 static void pk__tick(uv_timer_t *timer);
 
@@ -106,7 +117,8 @@ int pk_tunnel_usable(const struct pk_tunnel *t)
 
 unsigned pk_tunnel_streams(const struct pk_tunnel *t)
 {
-	return t->nstreams;
+	/* A stream owing only its FIN has finished its exchange. */
+	return t->nstreams > t->nfin ? t->nstreams - t->nfin : 0;
 }
 
 /* ---- writing to the agent ---- */
@@ -151,7 +163,18 @@ static void pk__flush(struct pk_tunnel *t)
 		free(wr); /* a direct write took all of it */
 		return;
 	}
+	/* What the socket takes at once needs no write request: no completion to wait for, no
+	 * poll registration to change, and the loop does not turn again at once for it. */
 	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)wr->len);
+	int k = uv_try_write((uv_stream_t *)t->tcp, &b, 1);
+	size_t done = k > 0 ? (size_t)k : 0;
+	t->queued -= done;
+	if (done == wr->len) {
+		free(wr);
+		return;
+	}
+	wr->len -= done;
+	b = uv_buf_init((char *)wr->data + done, (unsigned)wr->len);
 	if (uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done) < 0) {
 		t->queued -= wr->len;
 		free(wr);
@@ -172,10 +195,45 @@ static void pk__unlist(struct pk_tunnel *t)
 	t->in_flush_list = 0;
 }
 
+static void pk__owe_unlist(struct pk_tunnel *t)
+{
+	if (t->nfin == 0)
+		return;
+	t->nfin = 0;
+	if (t->oprev)
+		t->oprev->onext = t->onext;
+	else
+		pk__owing = t->onext;
+	if (t->onext)
+		t->onext->oprev = t->oprev;
+	t->onext = t->oprev = NULL;
+}
+
+/* The owed FINs, into the tunnel's batch. A stream the agent has reset meanwhile is gone
+ * and owes nothing. */
+static void pk__fins_out(struct pk_tunnel *t)
+{
+	uint32_t ids[PK__FIN_OWED_MAX];
+	unsigned n = t->nfin;
+	memcpy(ids, t->fin_owed, n * sizeof(ids[0]));
+	pk__owe_unlist(t);
+	for (unsigned i = 0; i < n && !t->closing && t->ys; i++)
+		if (pk_yamux_stream_user(t->ys, ids[i]) != NULL)
+			(void)pk_yamux_close(t->ys, ids[i]);
+}
+
+static void pk__fin_timeout(uv_timer_t *h)
+{
+	while (pk__owing)
+		pk__fins_out(pk__owing);
+}
+
 static void pk__flush_all(uv_prepare_t *h)
 {
 	while (pk__flush_list) {
 		struct pk_tunnel *t = pk__flush_list;
+		if (t->nfin)
+			pk__fins_out(t); /* frames go to the agent anyway: the FINs go with them */
 		pk__unlist(t);
 		pk__flush(t);
 		/* A direct write (pk__send_direct) may have taken the batch that kept the queue
@@ -184,6 +242,12 @@ static void pk__flush_all(uv_prepare_t *h)
 			pk__notify_writable(t);
 	}
 	uv_prepare_stop(h);
+}
+
+void pk_tunnel_flush_pending(void)
+{
+	if (pk__flush_list)
+		pk__flush_all(&pk__flush_prepare);
 }
 
 /* Room for n more bytes in the tunnel's batch (a new batch when it is full). */
@@ -401,6 +465,8 @@ int pk_tunnel_stream_open(struct pk_tunnel *t, const struct pk_tstream_ops *ops,
 {
 	if (!pk_tunnel_usable(t))
 		return -ECONNREFUSED;
+	if (t->nfin)
+		pk__fins_out(t); /* they go with this stream's frames, and free their streams */
 	if (t->nstreams >= (unsigned)t->w->cfg->upstream_max_streams)
 		return -EBUSY;
 	struct pk__tstream *ts = calloc(1, sizeof(*ts));
@@ -456,6 +522,32 @@ int pk_tunnel_stream_fin(struct pk_tunnel *t, uint32_t id)
 	if (pk__ts(t, id) == NULL)
 		return -EPIPE;
 	return pk_yamux_close(t->ys, id);
+}
+
+int pk_tunnel_stream_fin_lazy(struct pk_tunnel *t, uint32_t id)
+{
+	if (pk__ts(t, id) == NULL)
+		return -EPIPE;
+	if (t->draining)
+		return pk_yamux_close(t->ys, id); /* the tunnel closes when its last stream ends */
+	if (t->nfin == PK__FIN_OWED_MAX)
+		pk__fins_out(t);
+	if (t->nfin == 0) {
+		if (!pk__fin_timer_ready) {
+			uv_timer_init(t->w->loop, &pk__fin_timer);
+			uv_unref((uv_handle_t *)&pk__fin_timer);
+			pk__fin_timer_ready = 1;
+		}
+		t->oprev = NULL;
+		t->onext = pk__owing;
+		if (pk__owing)
+			pk__owing->oprev = t;
+		else
+			uv_timer_start(&pk__fin_timer, pk__fin_timeout, PK__FIN_DELAY_MS, 0);
+		pk__owing = t;
+	}
+	t->fin_owed[t->nfin++] = id;
+	return 0;
 }
 
 void pk_tunnel_stream_reset(struct pk_tunnel *t, uint32_t id)
@@ -518,6 +610,7 @@ static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
 
 	/* Streams learn first (their users answer 502 or close), then the agent gets a
 	 * proper close frame, then FIN. */
+	pk__owe_unlist(t); /* the session goes, and every stream with it */
 	struct pk_yamux_session *ys = t->ys;
 	t->ys = NULL;
 	pk_yamux_free(ys);
@@ -647,7 +740,9 @@ void pk_tunnel_drain(struct pk_tunnel *t)
 		return;
 	t->draining = 1;
 	pk__tunnel_unroute(t);
-	if (t->nstreams == 0)
+	if (t->nfin)
+		pk__fins_out(t); /* finished exchanges: their streams end now */
+	if (t->nstreams == 0 && !t->closing)
 		pk__tunnel_close(t, "worker draining");
 }
 

@@ -59,8 +59,14 @@ ssize_t pk_tunnel_stream_send(struct pk_tunnel *t, uint32_t id, const void *buf,
 int pk_tunnel_stream_consumed(struct pk_tunnel *t, uint32_t id, size_t n);
 /* Half-closes our direction. */
 int pk_tunnel_stream_fin(struct pk_tunnel *t, uint32_t id);
+/* The FIN of a finished HTTP exchange: the agent is waiting for nothing from it, so it goes
+ * with the next frames for the agent, or within 10 ms, instead of waking the agent alone. */
+int pk_tunnel_stream_fin_lazy(struct pk_tunnel *t, uint32_t id);
 /* Aborts the stream; no callback follows. */
 void pk_tunnel_stream_reset(struct pk_tunnel *t, uint32_t id);
+
+/* Writes the frames gathered for every agent now, instead of just before the loop polls. */
+void pk_tunnel_flush_pending(void);
 
 /* Draining: closes the tunnel once it has no stream in flight (now if idle), so its agent
  * reconnects to a worker that is not going away. */

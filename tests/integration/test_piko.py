@@ -210,6 +210,25 @@ class PikoTest(unittest.TestCase):
         self.assertEqual((status, hashlib.sha256(body).hexdigest()),
                          (200, sha_of_pattern(300000)))
 
+    def test_back_to_back_requests_fit_a_one_stream_cap(self):
+        # A finished exchange's FIN may wait for the next frames to the agent; its stream
+        # must not count against --upstream.max-streams meanwhile. The agent half-closes
+        # with its answer, so each request here finds the previous stream over.
+        d = self.pikod("--upstream.max-streams", "1", workers=1)
+        svc = self.service("cap1")
+        self.agent(d, "http", "cap1", svc.forward)
+        c = http.client.HTTPConnection(*d.addrs["proxy"], timeout=30)
+        self.addCleanup(c.close)
+        for i in range(30):
+            c.request("GET", "/echo/%d" % i, headers={"Host": "cap1.example.com"})
+            r = c.getresponse()
+            body = r.read()
+            self.assertEqual(r.status, 200, (i, body[:300]))
+            self.assertEqual(json.loads(body)["path"], "/echo/%d" % i)
+        for i in range(10):
+            status, _, body = request(d.addrs["proxy"], "GET", "/echo/new%d" % i, "cap1")
+            self.assertEqual(status, 200, (i, body[:300]))
+
     def test_stream_window_sizes_carry_bodies_intact(self):
         # The agent grants its receive window above yamux's 256 KiB with each stream's ACK;
         # pikod must honour it exactly: 16 MiB each way, at the smallest and largest.

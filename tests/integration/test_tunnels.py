@@ -477,6 +477,48 @@ class TunnelTest(unittest.TestCase):
             self.assertIs(c.sock, sock, "connection closed after request %d" % i)
         self.assertEqual(c.sock.getsockname(), local)
 
+    def test_finished_exchanges_end_their_streams_with_and_without_more_traffic(self):
+        # pikod's FIN after a complete answer waits for other frames to the agent (at most
+        # 10 ms). The Go agent splices each stream to its own service connection and
+        # half-closes that connection on the FIN: every exchange's connection must see EOF,
+        # the last one with no request after it.
+        svc = socket.socket()
+        svc.bind(("127.0.0.1", 0))
+        svc.listen(64)
+        svc.settimeout(20)
+        self.addCleanup(svc.close)
+        d = self.pikod(workers=1)
+        self.tunnel(d, "fin", "127.0.0.1:%d" % svc.getsockname()[1])
+        c = http.client.HTTPConnection(*d.addrs["proxy"], timeout=30)
+        self.addCleanup(c.close)
+        conns = []
+        for i in range(20):
+            c.request("GET", "/fin/%d" % i, headers={"Host": "fin.example.com"})
+            conn, _ = svc.accept()
+            self.addCleanup(conn.close)
+            conn.settimeout(20)
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                chunk = conn.recv(4096)
+                self.assertTrue(chunk, "request %d cut short: %r" % (i, head))
+                head += chunk
+            self.assertTrue(head.startswith(b"GET /fin/%d " % i), head[:100])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n%03d" % i)
+            r = c.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"%03d" % i))
+            conns.append(conn)
+        for i, conn in enumerate(conns):
+            self.assertEqual(conn.recv(1), b"", "no FIN for exchange %d" % i)
+            conn.close()  # the agent's FIN follows: the stream ends on both sides
+        deadline = time.monotonic() + 15
+        while True:
+            _, _, body = d.http("admin", "GET", "/status/upstream/upstreams")
+            ups = json.loads(body)
+            if [u["in_flight_streams"] for u in ups] == [0]:
+                break
+            self.assertLess(time.monotonic(), deadline, ups)
+            time.sleep(0.05)
+
     def test_pipelined_requests_answered_in_order(self):
         d = self.pikod()
         svc = self.service("pipe")
