@@ -16,7 +16,8 @@ loop is bounded in count and time and only talks to 127.0.0.0/8.
 
 Figures: saturation throughput (wrk, keep-alive, 64 connections), latency percentiles at a
 fixed rate of half the tunnel's saturation (bench/rate_client.c, open loop), CPU per request
-(/proc/<pid>/stat of every process under test), a latency-vs-rate sweep (gnuplot PNG), RSS
+at saturation and at that fixed rate (/proc/<pid>/stat of every process under test; access
+logs off everywhere, the agent's too), a latency-vs-rate sweep (gnuplot PNG), RSS
 per idle tunnel with 10,000 and 100,000 tunnels (bench/idle_tunnels.c, one process per 15,000
 tunnels; pikod with as many workers as its per-process open-file limit needs), time for 10,000 agents to re-register after a pikod
 restart, handoff cost with Connection: close (1 worker; 2 workers with the tunnel on one of
@@ -248,8 +249,9 @@ def piko_agent_works():
 def agent(d, name, up_port, origin_port, kind, endpoint=ENDPOINT):
     out = os.path.join(d, "agent-%s.log" % name)
     if kind == "piko":
+        # Access log off, as on pikod and every nginx here.
         argv = [os.path.join(BUILD, "piko"), "agent", "http", endpoint, str(origin_port),
-                "--connect.url", "http://127.0.0.1:%d" % up_port]
+                "--connect.url", "http://127.0.0.1:%d" % up_port, "--access-log=false"]
     else:
         argv = [os.path.join(BUILD, "interop", "go-agent"), "--url",
                 "http://127.0.0.1:%d" % up_port, "--endpoint", endpoint, "--forward",
@@ -402,7 +404,7 @@ def run(d, args, R, rounds, secs, n_idle, n_big):
     kind = os.environ.get("BENCH_AGENT", "auto")
     if kind == "auto":
         kind = "piko" if piko_agent_works() else "go"
-    R["agent"] = {"piko": "build/piko agent http", "go": "interop/go-agent (Go stand-in: "
+    R["agent"] = {"piko": "build/piko agent http --access-log=false", "go": "interop/go-agent (Go stand-in: "
                   "hashicorp/yamux + gorilla/websocket, one TCP connection to the origin "
                   "per stream)"}[kind]
     pk, pk_ports, pk_argv = pikod(d, "w1", 1, ["--proxy.access-log.disable"])
@@ -457,7 +459,13 @@ def run(d, args, R, rounds, secs, n_idle, n_big):
     lat = {p: [] for p in PATHS}
     for r in range(5 if not args.quick else 1):
         for p in PATHS:
+            groups = {k: pids_of(v) for k, v in under[p].items()}
+            c0 = {k: cpu_ticks(v) for k, v in groups.items()}
             res = rate_client(url[p][7:], "/1k", rate, 5 if not args.quick else 2, hdr)
+            n = max(res["ok"], 1)
+            res["cpu_split"] = {k: (cpu_ticks(v) - c0[k]) / HZ * 1e6 / n
+                                for k, v in groups.items()}
+            res["cpu_us_per_req"] = sum(res["cpu_split"].values())
             lat[p].append(res)
             log("fixed %d/s %-7s p50 %.0f p99 %.0f p99.9 %.0f us (errors %d, timeouts %d, "
                 "steal %.0f ms)" % (rate, p, res["p50_us"], res["p99_us"], res["p999_us"],
@@ -822,15 +830,19 @@ def report(R, out):
         lines.append("Latency at %d req/s (half the tunnel's saturation), open loop, "
                      "64 connections, median of rounds, microseconds" % R["fixed_rate"])
         lines.append("")
-        row("path", "p50", "p99", "p99.9", "p99 vs nginx->nginx", "errors+timeouts",
-            "p99 per round", "steal ms per round")
-        row(*["---"] * 8)
+        row("path", "p50", "p99", "p99.9", "p99 vs nginx->nginx", "CPU us/req",
+            "CPU vs nginx->nginx", "errors+timeouts", "p99 per round", "steal ms per round")
+        row(*["---"] * 10)
         p99n = med([x["p99_us"] for x in lat["nginx2"]])
+        cpun = med([x.get("cpu_us_per_req", float("nan")) for x in lat["nginx2"]])
         for p in PATHS:
-            q = {k: med([x[k] for x in lat[p]]) for k in ("p50_us", "p99_us", "p999_us")}
+            q = {k: med([x.get(k, float("nan")) for x in lat[p]])
+                 for k in ("p50_us", "p99_us", "p999_us", "cpu_us_per_req")}
             bad = sum(x["errors"] + x["timeouts"] for x in lat[p])
             row(LABELS[p], "%.0f" % q["p50_us"], "%.0f" % q["p99_us"], "%.0f" % q["p999_us"],
-                "%.2f" % (q["p99_us"] / p99n), "%d" % bad,
+                "%.2f" % (q["p99_us"] / p99n),
+                "%.1f" % q["cpu_us_per_req"] if p != "direct" else "-",
+                "%.2f" % (q["cpu_us_per_req"] / cpun) if p != "direct" else "-", "%d" % bad,
                 " ".join("%.0f" % x["p99_us"] for x in lat[p]),
                 " ".join("%.0f" % x.get("steal_ms", float("nan")) for x in lat[p]))
         lines.append("")
