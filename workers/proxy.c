@@ -286,19 +286,42 @@ static void pk__written(struct pk__pconn *pc)
 	}
 }
 
+static int pk__settling;
+
+/* Until nothing is left to settle: a pipelined request routed here has frames for its
+ * agent, which go before the poll too (whether or not the tunnels' own prepare handle has
+ * run this turn), and writing those can wake streams that answer their clients at once. */
+static void pk__settle_run(void)
+{
+	if (pk__settling)
+		return;
+	pk__settling = 1;
+	do {
+		while (pk__settle_head != NULL) {
+			struct pk__pconn *pc = pk__settle_head;
+			pk__settle_head = pc->settle_next;
+			pc->settle_queued = 0;
+			if (pc->state != PK__P_CLOSING)
+				pk__written(pc);
+		}
+		pk_tunnel_flush_pending();
+	} while (pk__settle_head != NULL);
+	pk__settling = 0;
+	uv_prepare_stop(&pk__settle_prep);
+}
+
 static void pk__settle_all(uv_prepare_t *h)
 {
-	while (pk__settle_head != NULL) {
-		struct pk__pconn *pc = pk__settle_head;
-		pk__settle_head = pc->settle_next;
-		pc->settle_queued = 0;
-		if (pc->state != PK__P_CLOSING)
-			pk__written(pc);
-	}
-	uv_prepare_stop(h);
-	/* A pipelined request routed just now has frames for its agent: they go before the
-	 * poll too, whether or not the tunnels' own prepare handle has run this turn. */
-	pk_tunnel_flush_pending();
+	(void)h;
+	pk__settle_run();
+}
+
+/* The tunnels' prepare handle may run after this one in the same turn; a client write it
+ * leads to would otherwise settle only after the poll. */
+static void pk__settle_after_flush(void)
+{
+	if (pk__settle_head != NULL)
+		pk__settle_run();
 }
 
 static void pk__settle_later(struct pk__pconn *pc)
@@ -307,6 +330,7 @@ static void pk__settle_later(struct pk__pconn *pc)
 		return;
 	if (!pk__settle_ready) {
 		uv_prepare_init(pc->w->loop, &pk__settle_prep);
+		pk_tunnel_after_flush(pk__settle_after_flush);
 		pk__settle_ready = 1;
 	}
 	pc->settle_queued = 1;

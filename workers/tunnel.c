@@ -62,6 +62,7 @@ struct pk_tunnel {
 	int in_flush_list;
 	uint32_t fin_owed[PK__FIN_OWED_MAX]; /* streams whose FIN waits for other frames */
 	unsigned nfin;
+	int write_failed; /* a write was refused: the agent's byte stream has a gap, close */
 	struct pk_tunnel *onext, *oprev; /* on pk__owing while nfin > 0 */
 };
 
@@ -90,6 +91,7 @@ struct pk__twrite {
 static struct pk_tunnel *pk__flush_list;
 static uv_prepare_t pk__flush_prepare;
 static int pk__flush_ready;
+static void (*pk__flushed_hook)(void);
 
 /* Tunnels owing FINs (pk_tunnel_stream_fin_lazy), and the timer that sends them when no
  * other frame has taken them along. */
@@ -98,6 +100,7 @@ static uv_timer_t pk__fin_timer;
 static int pk__fin_timer_ready;
 
 static void pk__tunnel_close(struct pk_tunnel *t, const char *reason);
+static void pk__tunnel_unroute(struct pk_tunnel *t);
 static void pk__tick(uv_timer_t *timer);
 
 uint64_t pk_tunnel_id(const struct pk_tunnel *t)
@@ -112,7 +115,8 @@ const char *pk_tunnel_endpoint(const struct pk_tunnel *t)
 
 int pk_tunnel_usable(const struct pk_tunnel *t)
 {
-	return !t->closing && !t->draining && t->ys != NULL && !pk_yamux_remote_goaway(t->ys);
+	return !t->closing && !t->draining && !t->write_failed && t->ys != NULL &&
+	       !pk_yamux_remote_goaway(t->ys);
 }
 
 unsigned pk_tunnel_streams(const struct pk_tunnel *t)
@@ -153,14 +157,26 @@ static void pk__twrite_done(uv_write_t *req, int status)
 		pk__notify_writable(t);
 }
 
+/* Frames after a refused write would reach the agent out of place: the tunnel closes
+ * (from its timer: the caller may be inside the session) and sends nothing more. */
+static void pk__write_refused(struct pk_tunnel *t)
+{
+	if (t->write_failed || t->closing)
+		return;
+	t->write_failed = 1;
+	pk__tunnel_unroute(t);
+	uv_timer_start(&t->timer, pk__tick, 0, PK__TICK_MS);
+}
+
 static void pk__flush(struct pk_tunnel *t)
 {
 	struct pk__twrite *wr = t->batch;
 	if (wr == NULL)
 		return;
 	t->batch = NULL;
-	if (wr->len == 0) {
-		free(wr); /* a direct write took all of it */
+	if (wr->len == 0 || t->write_failed) {
+		t->queued -= wr->len;
+		free(wr); /* a direct write took all of it, or nothing more may go */
 		return;
 	}
 	/* What the socket takes at once needs no write request: no completion to wait for, no
@@ -178,6 +194,7 @@ static void pk__flush(struct pk_tunnel *t)
 	if (uv_write(&wr->req, (uv_stream_t *)t->tcp, &b, 1, pk__twrite_done) < 0) {
 		t->queued -= wr->len;
 		free(wr);
+		pk__write_refused(t);
 	}
 }
 
@@ -207,6 +224,21 @@ static void pk__owe_unlist(struct pk_tunnel *t)
 	if (t->onext)
 		t->onext->oprev = t->oprev;
 	t->onext = t->oprev = NULL;
+}
+
+/* A stream gone before its owed FIN went (the agent reset it) owes nothing, and no longer
+ * stands for a finished exchange in pk_tunnel_streams. */
+static void pk__owe_forget(struct pk_tunnel *t, uint32_t id)
+{
+	for (unsigned i = 0; i < t->nfin; i++)
+		if (t->fin_owed[i] == id) {
+			if (t->nfin == 1) {
+				pk__owe_unlist(t);
+				return;
+			}
+			t->fin_owed[i] = t->fin_owed[--t->nfin];
+			return;
+		}
 }
 
 /* The owed FINs, into the tunnel's batch. A stream the agent has reset meanwhile is gone
@@ -242,6 +274,15 @@ static void pk__flush_all(uv_prepare_t *h)
 			pk__notify_writable(t);
 	}
 	uv_prepare_stop(h);
+	/* Streams woken above may have written to their clients: what follows those writes
+	 * runs before the poll as well, even when its prepare handle has had its turn. */
+	if (pk__flushed_hook)
+		pk__flushed_hook();
+}
+
+void pk_tunnel_after_flush(void (*fn)(void))
+{
+	pk__flushed_hook = fn;
 }
 
 void pk_tunnel_flush_pending(void)
@@ -289,6 +330,8 @@ static size_t pk__send_direct(struct pk_tunnel *t, const uint8_t *hdr, size_t hl
 {
 	uv_buf_t b[2 + PK__DIRECT_IOV];
 	unsigned nb = 0;
+	if (t->write_failed)
+		return 0;
 	size_t blen = t->batch ? t->batch->len : 0;
 	if (blen)
 		b[nb++] = uv_buf_init((char *)t->batch->data, (unsigned)blen);
@@ -420,6 +463,7 @@ static void pk__ys_on_free(struct pk_yamux_session *s, void *ud, uint32_t id, vo
 		return;
 	if (ts->blocked)
 		pk__unblock(t, ts);
+	pk__owe_forget(t, id);
 	t->nstreams--;
 	pk_counters_tunnel_streams_add(t->w->ctr, t->route.ctr_slot, t->route.ctr_tag, -1);
 	if (!ts->user_gone && ts->ops->on_close)
@@ -618,7 +662,7 @@ static void pk__tunnel_close(struct pk_tunnel *t, const char *reason)
 	uint8_t frame[PK_WS_MAX_CONTROL_FRAME];
 	int n = pk_ws_close(&t->ws, frame, sizeof(frame), PK_WS_CLOSE_GOING_AWAY, NULL, 0);
 	int sent = 0;
-	if (n > 0 && t->batch == NULL && t->queued == 0) {
+	if (n > 0 && t->batch == NULL && t->queued == 0 && !t->write_failed) {
 		/* Nothing queued ahead of it: straight to the socket, without a batch buffer.
 		 * When many agents go at once (a network split), a batch each would be the
 		 * largest allocation of the whole disconnect. */
@@ -652,6 +696,10 @@ static void pk__tick(uv_timer_t *timer)
 
 	if (t->closing)
 		return;
+	if (t->write_failed) {
+		pk__tunnel_close(t, "write failed");
+		return;
+	}
 	if (t->draining && t->nstreams == 0) {
 		pk__tunnel_close(t, "worker draining");
 		return;

@@ -67,6 +67,9 @@ void pk_tunnel_stream_reset(struct pk_tunnel *t, uint32_t id);
 
 /* Writes the frames gathered for every agent now, instead of just before the loop polls. */
 void pk_tunnel_flush_pending(void);
+/* fn runs after every flush of the gathered frames (in the loop's prepare phase, or from
+ * pk_tunnel_flush_pending). */
+void pk_tunnel_after_flush(void (*fn)(void));
 
 /* Draining: closes the tunnel once it has no stream in flight (now if idle), so its agent
  * reconnects to a worker that is not going away. */
