@@ -9,7 +9,8 @@
 
 BENCH_BUILD := $(BUILD)/bench
 BENCH_CODEC_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,proto/websocket.c proto/yamux.c)
-BENCH_TOOLS := $(BENCH_BUILD)/codec_bench $(BENCH_BUILD)/idle_tunnels $(BENCH_BUILD)/rate_client
+BENCH_TOOLS := $(BENCH_BUILD)/codec_bench $(BENCH_BUILD)/idle_tunnels $(BENCH_BUILD)/rate_client \
+               $(BENCH_BUILD)/copy_relay
 
 $(BENCH_BUILD)/codec_bench: bench/codec_bench.c $(BENCH_CODEC_OBJS)
 	@mkdir -p $(@D)
@@ -22,6 +23,10 @@ $(BENCH_BUILD)/idle_tunnels: bench/idle_tunnels.c $(BENCH_CODEC_OBJS)
 $(BENCH_BUILD)/rate_client: bench/rate_client.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(HARDEN_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $^ -lm
+
+$(BENCH_BUILD)/copy_relay: bench/copy_relay.c
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(HARDEN_CFLAGS) $(HARDEN_LDFLAGS) -o $@ $^ -lpthread
 
 .PHONY: bench bench-codec bench-tools bench-deps
 bench-tools: $(BENCH_TOOLS)

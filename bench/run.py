@@ -23,7 +23,8 @@ tunnels; pikod with as many workers as its per-process open-file limit needs), t
 restart, handoff cost with Connection: close (1 worker; 2 workers with the tunnel on one of
 them; 2 workers with a tunnel on each, the like-for-like local path), TCP throughput
 (iperf3: direct, through a TCP endpoint, and through one and three nginx stream relays as
-the calibration for what relaying processes cost on one core). net.unix.max_dgram_qlen is
+the calibration for what relaying processes cost on one core, and three plain copy relays,
+bench/copy_relay.c, as the ceiling for any three). net.unix.max_dgram_qlen is
 raised to the packaged 512 for the run when root (and put back).
 
 Prints the summary table; writes DIR/summary.md, DIR/raw.json, DIR/latency.dat and
@@ -595,6 +596,7 @@ def stream_relay(d, name, port, to, cpu=SUT_CPU):
 
 
 IPERF_ROUNDS = 3
+COPY3 = "plain copy relays (C), 3"
 
 
 def iperf_run(port, secs, retry_s=0):
@@ -633,6 +635,16 @@ def iperf(d, R, quick):
         paths["nginx stream, 1 relay"] = p3
         paths["nginx stream, 3 relays"] = p1
         paths["nginx stream, 3 relays, first on the client core"] = p1c
+    # The ceiling: three relays that only copy (bench/copy_relay.c, blocking read/write of
+    # 256 KiB, no event loop, no framing). What three relaying processes on one core can
+    # carry at best, whatever they are.
+    relay = os.path.join(BENCH_BUILD, "copy_relay")
+    if os.path.exists(relay):
+        c1, c2, c3 = free_port(), free_port(), free_port()
+        procs += [start([relay, str(c3), str(port)], out=os.path.join(d, "copy-relay.log")),
+                  start([relay, str(c2), str(c3)], out=os.path.join(d, "copy-relay.log")),
+                  start([relay, str(c1), str(c2)], out=os.path.join(d, "copy-relay.log"))]
+        paths[COPY3] = c1
     # Through a TCP endpoint: iperf3 client -> `piko forward tcp` -> WebSocket
     # /_piko/v1/tcp/iperf on pikod's proxy port -> tunnel -> `piko agent tcp` -> iperf3 server.
     piko = os.path.join(BUILD, "piko")
@@ -871,15 +883,19 @@ def report(R, out):
                      "interleaved rounds of 3 s (everything else on the core under test unless "
                      "said)" % IPERF_ROUNDS)
         lines.append("")
-        row("path", "Gbit/s", "vs direct", "vs nginx stream, 3 relays (same placement)")
-        row(*["---"] * 4)
-        row("direct", "%.2f" % (ip["bps"] / 1e9), "1.00", "-")
+        row("path", "Gbit/s", "vs direct", "vs nginx stream, 3 relays (same placement)",
+            "vs plain copy relays, 3")
+        row(*["---"] * 5)
+        row("direct", "%.2f" % (ip["bps"] / 1e9), "1.00", "-", "-")
         ps = R.get("iperf_paths", {})
         for k, v in ps.items():
             ref = ps.get("nginx stream, 3 relays, first on the client core" if "client core" in k
                          else "nginx stream, 3 relays")
+            relays = "nginx" in k or k == COPY3
+            cref = ps.get(COPY3)
             row(k, "%.2f" % (v / 1e9), "%.2f" % (v / ip["bps"]),
-                "%.2f" % (v / ref) if ref and "nginx" not in k else "-")
+                "%.2f" % (v / ref) if ref and not relays else "-",
+                "%.2f" % (v / cref) if cref and not relays and "client core" not in k else "-")
         lines.append("")
     idl = R.get("idle")
     if idl:
