@@ -28,6 +28,22 @@ struct half {
 	pthread_mutex_t *mu;
 };
 
+/* One direction is over; the second of the two to get here closes both sockets. */
+static void half_done(struct half *h)
+{
+	pthread_mutex_lock(h->mu);
+	h->done = 1;
+	int last = h->peer->done;
+	pthread_mutex_unlock(h->mu);
+	if (last) {
+		close(h->from);
+		close(h->to);
+		pthread_mutex_destroy(h->mu);
+		free(h->mu);
+		free(h < h->peer ? h : h->peer); /* both halves are one allocation */
+	}
+}
+
 static void *copy_half(void *arg)
 {
 	struct half *h = arg;
@@ -50,17 +66,7 @@ static void *copy_half(void *arg)
 out:
 	free(buf);
 	shutdown(h->to, SHUT_WR);
-	pthread_mutex_lock(h->mu);
-	h->done = 1;
-	int last = h->peer->done;
-	pthread_mutex_unlock(h->mu);
-	if (last) {
-		close(h->from);
-		close(h->to);
-		pthread_mutex_destroy(h->mu);
-		free(h->mu);
-		free(h < h->peer ? h : h->peer); /* both halves are one allocation */
-	}
+	half_done(h);
 	return NULL;
 }
 
@@ -116,11 +122,11 @@ static int relay(int client, int target_port)
 	}
 	pthread_detach(t);
 	if (pthread_create(&t, NULL, copy_half, &h[1]) != 0) {
-		/* The running half ends at once and, finding its peer done, cleans up. */
-		pthread_mutex_lock(mu);
-		h[1].done = 1;
-		pthread_mutex_unlock(mu);
-		shutdown(client, SHUT_RDWR);
+		/* The running half's read and write both fail now; whichever of it and this
+		 * finishes last closes and frees. */
+		shutdown(up, SHUT_RDWR);
+		shutdown(client, SHUT_RD);
+		half_done(&h[1]);
 		return 0;
 	}
 	pthread_detach(t);
@@ -150,6 +156,11 @@ int main(int argc, char **argv)
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
 			fprintf(stderr, "copy_relay: accept: %s\n", strerror(errno));
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				usleep(10000); /* until a connection ends */
+				continue;
+			}
 			return 1;
 		}
 		if (relay(c, tport) < 0)

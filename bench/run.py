@@ -891,11 +891,11 @@ def report(R, out):
         for k, v in ps.items():
             ref = ps.get("nginx stream, 3 relays, first on the client core" if "client core" in k
                          else "nginx stream, 3 relays")
-            relays = "nginx" in k or k == COPY3
             cref = ps.get(COPY3)
             row(k, "%.2f" % (v / 1e9), "%.2f" % (v / ip["bps"]),
-                "%.2f" % (v / ref) if ref and not relays else "-",
-                "%.2f" % (v / cref) if cref and not relays and "client core" not in k else "-")
+                "%.2f" % (v / ref) if ref and "nginx" not in k else "-",
+                "%.2f" % (v / cref) if cref and "nginx" not in k and k != COPY3 and
+                "client core" not in k else "-")
         lines.append("")
     idl = R.get("idle")
     if idl:

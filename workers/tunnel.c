@@ -153,7 +153,7 @@ static void pk__twrite_done(uv_write_t *req, int status)
 		pk__tunnel_close(t, "write failed");
 		return;
 	}
-	if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing)
+	if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing && !t->write_failed)
 		pk__notify_writable(t);
 }
 
@@ -165,7 +165,7 @@ static void pk__write_refused(struct pk_tunnel *t)
 		return;
 	t->write_failed = 1;
 	pk__tunnel_unroute(t);
-	uv_timer_start(&t->timer, pk__tick, 0, PK__TICK_MS);
+	uv_timer_start(&t->timer, pk__tick, 0, 0);
 }
 
 static void pk__flush(struct pk_tunnel *t)
@@ -270,7 +270,7 @@ static void pk__flush_all(uv_prepare_t *h)
 		pk__flush(t);
 		/* A direct write (pk__send_direct) may have taken the batch that kept the queue
 		 * high: no write completion will wake the streams waiting for it. */
-		if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing)
+		if (t->queued < PK__QUEUE_LOW && t->blocked && !t->closing && !t->write_failed)
 			pk__notify_writable(t);
 	}
 	uv_prepare_stop(h);
