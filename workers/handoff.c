@@ -2,6 +2,7 @@
 #include "workers/handoff.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,19 +137,6 @@ int pk_handoff_unlink(const char *run_dir, int slot)
 	return unlink(sa.sun_path) < 0 ? -errno : 0;
 }
 
-int pk_handoff_sender(int *fd_out)
-{
-	int fd;
-
-	if (!fd_out)
-		return -EINVAL;
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	*fd_out = fd;
-	return 0;
-}
-
 /* ---- sending ---- */
 
 /* Puts len bytes into a new memfd and seals it, so the receiver reads exactly what was
@@ -183,23 +171,99 @@ err_close_fd:
 	return rc;
 }
 
-int pk_handoff_send(int sender_fd, const char *run_dir, int target_slot, const struct pk_handoff *h,
-                    int client_fd, const void *bytes, size_t len)
+int pk_handoff_sender(struct pk_handoff_sender *s)
 {
-	struct pk_handoff hh;
+	if (!s)
+		return -EINVAL;
+	s->fd = NULL;
+	s->n = 0;
+	return 0;
+}
+
+void pk_handoff_sender_close(struct pk_handoff_sender *s)
+{
+	for (int i = 0; i < s->n; i++)
+		if (s->fd[i] >= 0)
+			close(s->fd[i]);
+	free(s->fd);
+	s->fd = NULL;
+	s->n = 0;
+}
+
+/* The socket connected to slot's path, connecting one first if there is none. Returns the
+ * fd or -errno (-ENOENT: no file; -ECONNREFUSED: nobody bound to it). */
+static int pk__peer(struct pk_handoff_sender *s, const char *run_dir, int slot)
+{
 	struct sockaddr_un sa;
 	socklen_t salen;
+	int fd, rc;
+
+	if (slot >= s->n) {
+		/* Slots are small and few: room for this one and a handful more. */
+		int n = slot < PK_HANDOFF_MAX_SLOT - 8 ? slot + 8 : PK_HANDOFF_MAX_SLOT + 1;
+		int *f = realloc(s->fd, (size_t)n * sizeof(*f));
+		if (!f)
+			return -ENOMEM;
+		for (int i = s->n; i < n; i++)
+			f[i] = -1;
+		s->fd = f;
+		s->n = n;
+	}
+	if (s->fd[slot] >= 0)
+		return s->fd[slot];
+	rc = pk__addr(run_dir, slot, &sa, &salen);
+	if (rc < 0)
+		return rc;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	s->fd[slot] = fd;
+	return fd;
+}
+
+/* The peer of a connected datagram socket is gone (its worker exited). */
+static bool pk__peer_gone(int rc)
+{
+	return rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -ENOTCONN || rc == -EPIPE;
+}
+
+/* Sends one message to slot; when the connected socket's peer is gone, connects again
+ * once: a respawned worker may have bound the path since. */
+static int pk__send(struct pk_handoff_sender *s, const char *run_dir, int slot,
+                    const struct iovec *iov, int iovcnt, const int *fds, int nfds)
+{
+	for (int attempt = 0;; attempt++) {
+		int fd = pk__peer(s, run_dir, slot);
+		if (fd < 0)
+			return fd;
+		int rc = pk_chan_sendv(fd, NULL, 0, PK_MSG_HANDOFF, iov, iovcnt, fds, nfds);
+		if (rc == 0 || !pk__peer_gone(rc))
+			return rc;
+		close(fd);
+		s->fd[slot] = -1;
+		if (attempt > 0)
+			return rc;
+	}
+}
+
+int pk_handoff_send(struct pk_handoff_sender *s, const char *run_dir, int target_slot,
+                    const struct pk_handoff *h, int client_fd, const void *bytes, size_t len)
+{
+	struct pk_handoff hh;
 	struct iovec iov[2];
 	int fds[2] = {client_fd, -1};
 	int rc;
 
-	if (!h || client_fd < 0 || (!bytes && len > 0))
+	if (!s || !run_dir || !h || client_fd < 0 || (!bytes && len > 0) || target_slot < 0 ||
+	    target_slot > PK_HANDOFF_MAX_SLOT)
 		return -EINVAL;
 	if (len > PK_HANDOFF_MAX_BYTES)
 		return -EMSGSIZE;
-	rc = pk__addr(run_dir, target_slot, &sa, &salen);
-	if (rc < 0)
-		return rc;
 	hh = *h;
 	hh.version = PK_HANDOFF_VERSION;
 	hh.bytes_len = (uint32_t)len;
@@ -207,12 +271,12 @@ int pk_handoff_send(int sender_fd, const char *run_dir, int target_slot, const s
 	iov[0] = (struct iovec){&hh, sizeof(hh)};
 	if (len <= PK_HANDOFF_INLINE) {
 		iov[1] = (struct iovec){(void *)bytes, len};
-		return pk_chan_sendv(sender_fd, &sa, salen, PK_MSG_HANDOFF, iov, 2, fds, 1);
+		return pk__send(s, run_dir, target_slot, iov, 2, fds, 1);
 	}
 	fds[1] = pk__memfd(bytes, len);
 	if (fds[1] < 0)
 		return fds[1];
-	rc = pk_chan_sendv(sender_fd, &sa, salen, PK_MSG_HANDOFF, iov, 1, fds, 2);
+	rc = pk__send(s, run_dir, target_slot, iov, 1, fds, 2);
 	close(fds[1]); /* the receiver has its own reference (or the send failed) */
 	return rc;
 }

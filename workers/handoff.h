@@ -6,10 +6,13 @@
  * on as if it had accepted it itself.
  *
  * Transport: each worker process-table slot S binds an AF_UNIX SOCK_DGRAM socket at
- * <run_dir>/w<S>.sock (run_dir = <state_dir>/run, mode 0700; socket files mode 0600). Any
- * worker sends to any other by path from one unbound socket: no connection state, so a
- * respawned worker just re-binds the path (the old file is unlinked first) and senders
- * need not notice. One handoff = one pk_chan message (common/channel.h) of type
+ * <run_dir>/w<S>.sock (run_dir = <state_dir>/run, mode 0700; socket files mode 0600). A
+ * sender keeps one socket connected to each slot it has sent to (struct
+ * pk_handoff_sender): a send to a path costs a path lookup each time, about 4 us of the
+ * 11 us a handoff's sendmsg took (bench/results/2026-12-07.md). When the worker of a slot
+ * dies, the next send to it fails; the socket is dropped and connected again once, which
+ * finds a respawned worker that re-bound the path (the old file is unlinked first), so
+ * senders need not be told. One handoff = one pk_chan message (common/channel.h) of type
  * PK_MSG_HANDOFF whose payload is a struct pk_handoff followed by the already-read bytes
  * when there are at most PK_HANDOFF_INLINE of them; larger byte runs travel in a sealed
  * memfd passed as a second descriptor, so a datagram stays small.
@@ -80,25 +83,35 @@ int pk_handoff_listen(const char *run_dir, int slot, int *fd_out);
  * when there was none). */
 int pk_handoff_unlink(const char *run_dir, int slot);
 
-/* Creates an unbound, non-blocking, close-on-exec SOCK_DGRAM socket to send handoffs
- * from (one per process is enough). Sets *fd_out. 0 or -errno. */
-int pk_handoff_sender(int *fd_out);
+/* The sending side of one process: a non-blocking, close-on-exec SOCK_DGRAM socket per
+ * target slot, connected on the first send to that slot. */
+struct pk_handoff_sender {
+	int *fd; /* by target slot; -1: not connected */
+	int n;   /* slots fd[] covers */
+};
+
+/* Makes s empty (no sockets yet). 0, or -EINVAL when s is NULL. */
+int pk_handoff_sender(struct pk_handoff_sender *s);
+
+/* Closes every socket of s and frees its table; s is empty again. */
+void pk_handoff_sender_close(struct pk_handoff_sender *s);
 
 /* Hands client_fd and the len already-read bytes to the worker of target_slot. h supplies
  * from_slot, tunnel_id, flags and client_addr (truncated to 63 bytes); version and
  * bytes_len are filled in here. The receiver gets its own copy of client_fd: on success the
  * caller closes its copy (without shutdown(), which would end the connection for both);
  * on failure the caller still owns client_fd and the connection is untouched. Never
- * blocks on a socket from pk_handoff_sender. Returns 0, or:
+ * blocks. Returns 0, or:
  *   -ECONNREFUSED / -ENOENT  no worker bound at that slot (stale socket file / no file)
  *   -EAGAIN                  its queue (or our send buffer) is full: try another or later
  *   -EMSGSIZE                len > PK_HANDOFF_MAX_BYTES
  *   -EINVAL                  bad arguments (h NULL, client_fd < 0, bytes NULL with len > 0,
  *                            slot out of range)
  *   -ENAMETOOLONG            the target path does not fit sun_path
- *   -errno                   memfd_create/write/fcntl (large bytes), sendmsg */
-int pk_handoff_send(int sender_fd, const char *run_dir, int target_slot, const struct pk_handoff *h,
-                    int client_fd, const void *bytes, size_t len);
+ *   -ENOMEM                  no memory for s's table
+ *   -errno                   socket/connect, memfd_create/write/fcntl (large bytes), sendmsg */
+int pk_handoff_send(struct pk_handoff_sender *s, const char *run_dir, int target_slot,
+                    const struct pk_handoff *h, int client_fd, const void *bytes, size_t len);
 
 /* Receives one handoff from fd (a pk_handoff_listen socket); call until -EAGAIN when the
  * socket polls readable. Returns:

@@ -59,6 +59,8 @@ static int pk__open(struct pk_listener *l)
 	if (rc < 0)
 		close(fd);
 	else
+		rc = uv_tcp_nodelay(&l->tcp, 1);
+	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)&l->tcp, 4096, l->on_conn);
 	if (rc < 0) {
 		/* A socket the kernel lets us duplicate but not listen on: nothing to retry. */

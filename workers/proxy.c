@@ -1092,8 +1092,7 @@ static int pk__handoff(struct pk__pconn *pc, const struct pk_route *r)
 	    .bytes_len = (uint32_t)(hl + pc->in_len),
 	};
 	snprintf(h.client_addr, sizeof(h.client_addr), "%.63s", pc->client);
-	rc =
-	    pk_handoff_send(w->sender_fd, w->run_dir, (int)r->slot, &h, fd, bytes, hl + pc->in_len);
+	rc = pk_handoff_send(&w->sender, w->run_dir, (int)r->slot, &h, fd, bytes, hl + pc->in_len);
 	free(bytes);
 	if (rc < 0) {
 		pk_log_debug("handoff", "handoff failed", "to_slot=%u error=%s", r->slot,
@@ -1549,7 +1548,6 @@ static void pk__on_connection(uv_stream_t *l, int status)
 		return;
 	}
 	pk_listener_accepted(&w->proxy_listener, (uv_stream_t *)&pc->tcp);
-	uv_tcp_nodelay(&pc->tcp, 1);
 	pk_worker_peer_name(&pc->tcp, addr, sizeof(addr));
 	pk__set_client(pc, addr);
 	uv_timer_start(&pc->timer, pk__head_timeout, w->cfg->proxy_read_header_timeout_ms, 0);

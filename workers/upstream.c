@@ -266,7 +266,6 @@ static void pk__on_connection(uv_stream_t *l, int status)
 		return;
 	}
 	pk_listener_accepted(&w->upstream_listener, (uv_stream_t *)tcp);
-	uv_tcp_nodelay(tcp, 1);
 	pk_worker_peer_name(tcp, u->remote, sizeof(u->remote));
 	uv_timer_start(&u->timer, pk__uconn_timeout, w->cfg->proxy_read_header_timeout_ms, 0);
 	uv_read_start((uv_stream_t *)tcp, pk__alloc, pk__on_read);

@@ -292,7 +292,8 @@ int pk_worker_start(struct pk_child *c)
 	w->slot = c->slot;
 	w->generation = c->generation;
 	w->worker_index = c->worker_index;
-	w->handoff_fd = w->sender_fd = -1;
+	w->handoff_fd = -1;
+	pk_handoff_sender(&w->sender);
 	srand((unsigned)getpid() ^ (unsigned)pk_worker_now_ms());
 	/* Bulk transfers allocate and free 64-256 KiB buffers at a high rate. With glibc's
 	 * defaults the top of the heap went back to the kernel and was faulted in again each
@@ -315,8 +316,6 @@ int pk_worker_start(struct pk_child *c)
 	rc = pk_handoff_prepare_dir(w->cfg->state_dir, w->run_dir, sizeof(w->run_dir));
 	if (rc == 0)
 		rc = pk_handoff_listen(w->run_dir, w->slot, &w->handoff_fd);
-	if (rc == 0)
-		rc = pk_handoff_sender(&w->sender_fd);
 	if (rc < 0) {
 		pk_log_error(PK__LOG, "cannot set up the handoff channel", "dir=%s error=%s",
 		             w->run_dir, strerror(-rc));

@@ -5,6 +5,7 @@
 
 #include "daemon/config.h"
 #include "workers/child.h"
+#include "workers/handoff.h"
 #include "workers/listener.h"
 
 #include <limits.h>
@@ -46,8 +47,8 @@ struct pk_worker {
 	uv_timer_t trim_timer;
 	uv_timer_t drain_timer;
 
-	int handoff_fd; /* our bound DGRAM socket */
-	int sender_fd;  /* unbound DGRAM socket for sending */
+	int handoff_fd;                  /* our bound DGRAM socket */
+	struct pk_handoff_sender sender; /* connected DGRAM sockets to the other slots */
 	uv_poll_t handoff_poll;
 };
 

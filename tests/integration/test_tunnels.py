@@ -586,6 +586,36 @@ class TunnelTest(unittest.TestCase):
         self.assertGreater(sum(handed.values()), 0)
         self.assertLessEqual(sum(handed.values()), 200)
 
+    def test_handoff_reaches_a_worker_respawned_in_the_slot(self):
+        # A worker keeps a socket connected to each worker it hands connections to. Once
+        # the tunnel's worker is killed and respawned into its slot, handoffs must reach
+        # the new process rather than fail against the dead one's socket.
+        d = self.pikod(workers=2)
+        svc, other = self.service("respawn"), self.service("other")
+        _, rec_o = self.tunnel(d, "other", other.forward)
+        agent, rec = self.tunnel_on_another_worker(d, "respawn", svc.forward, rec_o["slot"])
+
+        def handed_off(n):
+            sent0 = metric(d, 'pikod_handoffs_total{direction="sent"}')
+            for i in range(n):
+                status, headers, body = request(d.addrs["proxy"], "GET", "/status?code=200",
+                                                endpoint="respawn")
+                self.assertEqual((status, headers.get("x-upstream-id")), (200, "respawn"),
+                                 (i, body[:300]))
+            return metric(d, 'pikod_handoffs_total{direction="sent"}') - sent0
+
+        self.assertGreater(handed_off(100), 0, "no connection was handed off")
+        mark = d.mark()
+        agent.stop()
+        d.wait_msg("upstream disconnected", 10, start=mark, endpoint="respawn")
+        mark = d.mark()
+        os.kill(rec["pid"], signal.SIGKILL)
+        d.wait_msg("child ready", 10, start=mark, slot=rec["slot"])
+        _, again = self.tunnel_on_another_worker(d, "respawn", svc.forward, rec_o["slot"])
+        self.assertEqual(again["slot"], rec["slot"])
+        self.assertNotEqual(again["pid"], rec["pid"])
+        self.assertGreater(handed_off(100), 0, "no connection was handed to the new worker")
+
     def test_workers_without_tunnels_leave_accepting_to_the_holder(self):
         d = self.pikod("--log.subsystems", "proxy", workers=4)
         svc = self.service("affinity")

@@ -103,11 +103,20 @@ static int listen_slot(int slot)
 	return fd;
 }
 
-static int sender(void)
+static struct pk_handoff_sender sender(void)
 {
-	int fd = -1;
+	struct pk_handoff_sender tx;
 
-	cr_assert_eq(pk_handoff_sender(&fd), 0);
+	cr_assert_eq(pk_handoff_sender(&tx), 0);
+	return tx;
+}
+
+/* A bare datagram socket, for writing messages pk_handoff_send would never make. */
+static int raw_sender(void)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
 	return fd;
 }
 
@@ -124,7 +133,8 @@ static char *pattern(size_t len)
 /* Sends bytes of length len and checks they come back intact with the header fields. */
 static void round_trip_bytes(size_t len)
 {
-	int rx = listen_slot(0), tx = sender(), c, s, got_fd = -1;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), c, s, got_fd = -1;
 	struct pk_handoff h = make_h(), got;
 	char *data = pattern(len), *bytes = NULL;
 	size_t blen = 0;
@@ -132,25 +142,26 @@ static void round_trip_bytes(size_t len)
 
 	tcp_pair(&c, &s);
 	before = count_fds();
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, s, data, len), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, s, data, len), 0);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
 	cr_assert_eq(blen, len);
 	cr_assert_eq(got.bytes_len, len);
 	cr_assert_eq(memcmp(bytes, data, len), 0);
 	cr_assert_eq(got.tunnel_id, h.tunnel_id);
 	close(got_fd);
+	pk_handoff_sender_close(&tx);
 	cr_assert_eq(count_fds(), before, "a memfd or a client fd leaked");
 	free(bytes);
 	free(data);
 	close(c);
 	close(s);
 	close(rx);
-	close(tx);
 }
 
 Test(handoff, live_tcp_connection_works_on_the_receiving_side)
 {
-	int rx = listen_slot(0), tx = sender(), c, s, got_fd = -1;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), c, s, got_fd = -1;
 	struct pk_handoff h = make_h(), got;
 	static const char head[] = "GET / HTTP/1.1\r\nHost: api.example\r\n\r\n";
 	char *bytes = NULL, buf[5];
@@ -158,7 +169,7 @@ Test(handoff, live_tcp_connection_works_on_the_receiving_side)
 
 	tcp_pair(&c, &s);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), -EAGAIN);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, s, head, sizeof(head) - 1), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, s, head, sizeof(head) - 1), 0);
 	close(s); /* the sender forgets the connection */
 
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
@@ -181,21 +192,24 @@ Test(handoff, live_tcp_connection_works_on_the_receiving_side)
 	cr_assert_eq(read(c, buf, 1), 0, "closing the last copy ends the connection");
 	free(bytes);
 	close(c);
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, no_bytes_gives_null_buffer)
 {
-	int rx = listen_slot(0), tx = sender(), c, s, got_fd = -1;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), c, s, got_fd = -1;
 	struct pk_handoff h = make_h(), got;
 	char *bytes = (char *)&h;
 	size_t blen = 99;
 
 	tcp_pair(&c, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, s, NULL, 0), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, s, NULL, 0), 0);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
 	cr_assert_null(bytes);
 	cr_assert_eq(blen, 0);
 	close(got_fd);
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, inline_bytes_up_to_the_limit_arrive_intact)
@@ -215,58 +229,125 @@ Test(handoff, maximum_bytes_arrive_intact)
 
 Test(handoff, over_limit_bytes_are_refused)
 {
-	int rx = listen_slot(0), tx = sender(), c, s, got_fd;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), c, s, got_fd;
 	struct pk_handoff h = make_h(), got;
 	char *data = pattern(PK_HANDOFF_MAX_BYTES + 1), *bytes;
 	size_t blen;
 
 	tcp_pair(&c, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, s, data, PK_HANDOFF_MAX_BYTES + 1),
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, s, data, PK_HANDOFF_MAX_BYTES + 1),
 	             -EMSGSIZE);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), -EAGAIN);
 	free(data);
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, client_addr_is_terminated_by_the_sender)
 {
-	int rx = listen_slot(0), tx = sender(), c, s, got_fd = -1;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), c, s, got_fd = -1;
 	struct pk_handoff h = make_h(), got;
 	char *bytes;
 	size_t blen;
 
 	memset(h.client_addr, 'x', sizeof(h.client_addr));
 	tcp_pair(&c, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, s, "a", 1), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, s, "a", 1), 0);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
 	cr_assert_eq(strlen(got.client_addr), sizeof(got.client_addr) - 1);
 	close(got_fd);
 	free(bytes);
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, sending_to_a_slot_without_a_socket_file_fails)
 {
-	int tx = sender(), c, s;
+	struct pk_handoff_sender tx = sender();
+	int c, s;
 	struct pk_handoff h = make_h();
 
 	tcp_pair(&c, &s);
-	int rc = pk_handoff_send(tx, run_dir, 7, &h, s, "x", 1);
+	int rc = pk_handoff_send(&tx, run_dir, 7, &h, s, "x", 1);
 	cr_assert(rc == -ENOENT || rc == -ECONNREFUSED, "rc %d", rc);
 	cr_assert_eq(write(s, "y", 1), 1, "the caller still owns a working client fd");
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, sending_to_a_stale_socket_file_is_refused)
 {
-	int rx = listen_slot(5), tx = sender(), c, s;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(5), c, s;
 	struct pk_handoff h = make_h();
 
 	close(rx); /* the worker died; its file stays */
 	tcp_pair(&c, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 5, &h, s, "x", 1), -ECONNREFUSED);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 5, &h, s, "x", 1), -ECONNREFUSED);
+	pk_handoff_sender_close(&tx);
+}
+
+Test(handoff, one_connected_socket_per_slot_is_reused)
+{
+	struct pk_handoff_sender tx = sender();
+	int rx0 = listen_slot(0), rx1 = listen_slot(1), c, s, got_fd, before;
+	struct pk_handoff h = make_h(), got;
+	char *bytes;
+	size_t blen;
+
+	tcp_pair(&c, &s);
+	before = count_fds();
+	for (int i = 0; i < 6; i++) {
+		int rx = i % 2 ? rx1 : rx0;
+		cr_assert_eq(pk_handoff_send(&tx, run_dir, i % 2, &h, s, "x", 1), 0);
+		cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
+		close(got_fd);
+		free(bytes);
+	}
+	cr_assert_eq(count_fds(), before + 2, "one socket for each of the two slots");
+	pk_handoff_sender_close(&tx);
+	cr_assert_eq(count_fds(), before);
+}
+
+Test(handoff, a_worker_respawned_in_a_slot_gets_the_next_handoff)
+{
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(3), c, s, got_fd;
+	struct pk_handoff h = make_h(), got;
+	char *bytes;
+	size_t blen;
+
+	tcp_pair(&c, &s);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 3, &h, s, "a", 1), 0);
+	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
+	close(got_fd);
+	free(bytes);
+	close(rx); /* the worker died; the sender is still connected to its socket */
+	int before = count_fds();
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 3, &h, s, "b", 1), -ECONNREFUSED);
+	cr_assert_eq(count_fds(), before - 1, "the dead worker's socket was let go");
+	cr_assert_eq(write(s, "y", 1), 1, "the caller still owns a working client fd");
+	rx = listen_slot(3); /* its successor re-binds the path */
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 3, &h, s, "c", 1), 0);
+	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
+	cr_assert_eq(blen, 1);
+	cr_assert_eq(bytes[0], 'c');
+	close(got_fd);
+	free(bytes);
+	close(rx);
+	/* Respawned between two sends, with no failed send in between: still found. */
+	rx = listen_slot(3);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 3, &h, s, "d", 1), 0);
+	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
+	cr_assert_eq(bytes[0], 'd');
+	close(got_fd);
+	free(bytes);
+	pk_handoff_sender_close(&tx);
 }
 
 Test(handoff, full_queue_gives_eagain_without_blocking)
 {
-	int rx = listen_slot(0), tx = sender(), sp[2], rc = 0, sent = 0;
+	struct pk_handoff_sender tx = sender();
+	int rx = listen_slot(0), sp[2], rc = 0, sent = 0;
 	struct pk_handoff h = make_h(), got;
 	char *bytes;
 	size_t blen;
@@ -274,7 +355,7 @@ Test(handoff, full_queue_gives_eagain_without_blocking)
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
 	int before = count_fds();
 	/* The suite timeout turns a blocking send into a failure instead of a hang. */
-	while (sent < 100000 && (rc = pk_handoff_send(tx, run_dir, 0, &h, sp[0], "q", 1)) == 0)
+	while (sent < 100000 && (rc = pk_handoff_send(&tx, run_dir, 0, &h, sp[0], "q", 1)) == 0)
 		sent++;
 	cr_assert_eq(rc, -EAGAIN, "rc %d after %d sends", rc, sent);
 	cr_assert_gt(sent, 0);
@@ -288,8 +369,9 @@ Test(handoff, full_queue_gives_eagain_without_blocking)
 	}
 	cr_assert_eq(rc, -EAGAIN);
 	cr_assert_eq(received, sent, "every queued handoff arrives");
-	cr_assert_eq(count_fds(), before);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 0, &h, sp[0], "q", 1), 0, "room again");
+	cr_assert_eq(count_fds(), before + 1, "nothing new but the socket connected to slot 0");
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 0, &h, sp[0], "q", 1), 0, "room again");
+	pk_handoff_sender_close(&tx);
 }
 
 /* ---- malformed messages: dropped with every fd they carried ---- */
@@ -297,7 +379,7 @@ Test(handoff, full_queue_gives_eagain_without_blocking)
 static void send_raw(const void *payload, size_t len, const int *fds, int nfds)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int tx = sender();
+	int tx = raw_sender();
 
 	cr_assert_eq(pk_handoff_path(run_dir, 0, sa.sun_path, sizeof(sa.sun_path)), 0);
 	cr_assert_eq(pk_chan_sendto(tx, &sa, sizeof(sa), PK_MSG_HANDOFF, payload, len, fds, nfds),
@@ -435,7 +517,7 @@ Test(handoff, unsealed_memfd_is_rejected)
 
 Test(handoff, oversized_datagram_is_rejected)
 {
-	int rx = listen_slot(0), tx = sender(), sp[2];
+	int rx = listen_slot(0), tx = raw_sender(), sp[2];
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	size_t big = sizeof(struct pk_msg) + 16; /* more than any channel message */
 	char *junk = calloc(1, big);
@@ -538,18 +620,20 @@ Test(handoff, respawned_worker_rebinds_the_slot)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
-	int tx = sender(), cl, s, got_fd = -1;
+	struct pk_handoff_sender tx = sender();
+	int cl, s, got_fd = -1;
 	struct pk_handoff h = make_h(), got;
 	char *bytes;
 	size_t blen;
 	tcp_pair(&cl, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 2, &h, s, "x", 1), -ECONNREFUSED,
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 2, &h, s, "x", 1), -ECONNREFUSED,
 	             "the dead worker's file is stale");
 	int rx = listen_slot(2);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 2, &h, s, "x", 1), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 2, &h, s, "x", 1), 0);
 	cr_assert_eq(pk_handoff_recv(rx, &got, &got_fd, &bytes, &blen), 1);
 	close(got_fd);
 	free(bytes);
+	pk_handoff_sender_close(&tx);
 }
 
 /* The child plays a worker on slot 1: it receives one handoff, echoes the already-read
@@ -602,11 +686,12 @@ Test(handoff, another_process_serves_the_handed_connection)
 	close(ready[1]);
 	cr_assert_eq(read(ready[0], &c, 1), 1, "child listening");
 
-	int tx = sender(), cl, s;
+	struct pk_handoff_sender tx = sender();
+	int cl, s;
 	struct pk_handoff h = make_h();
 	char buf[32];
 	tcp_pair(&cl, &s);
-	cr_assert_eq(pk_handoff_send(tx, run_dir, 1, &h, s, "HEAD", 4), 0);
+	cr_assert_eq(pk_handoff_send(&tx, run_dir, 1, &h, s, "HEAD", 4), 0);
 	close(s);
 	read_full(cl, buf, 4);
 	cr_assert_eq(memcmp(buf, "HEAD", 4), 0);
@@ -618,4 +703,5 @@ Test(handoff, another_process_serves_the_handed_connection)
 	int st;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+	pk_handoff_sender_close(&tx);
 }

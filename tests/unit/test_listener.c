@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -136,6 +137,25 @@ Test(listener, accepts_and_hands_its_data_to_the_callback)
 	want_accepted = 1;
 	run_until(reached_count, "one connection");
 	cr_assert_neq(max_fd_seen, lfd, "accepted on a socket of its own");
+	close(c);
+}
+
+Test(listener, accepted_sockets_have_nodelay_without_a_call_each)
+{
+	int one = 0;
+	socklen_t ol = sizeof(one);
+	cr_assert_eq(getsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, &ol), 0);
+	cr_assert_eq(one, 0, "the test's listening socket starts without it");
+	cr_assert_eq(pk_listener_start(&lis, &loop, lfd, "test", on_conn, &loop), 0);
+	int c = dial();
+	want_accepted = 1;
+	run_until(reached_count, "one connection");
+	uv_os_fd_t fd;
+	cr_assert_eq(uv_fileno((uv_handle_t *)accepted[0], &fd), 0);
+	int on = 0;
+	socklen_t len = sizeof(on);
+	cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+	cr_assert_eq(on, 1, "an accepted connection sends small writes at once (no Nagle)");
 	close(c);
 }
 
