@@ -558,7 +558,13 @@ def handoff(d, R, origin_port, kind, rounds, secs, quick):
     for _ in range(n):
         for k in names:
             u = "http://127.0.0.1:%d/1k" % inst[k][1]["proxy"]
-            res[k].append(wrk(u, s, headers=hdr))
+            # CPU of pikod and its agents per request: the handoff's cost without the
+            # machine's noise in req/s (the origin is the same for every instance).
+            pids = group_pids(inst[k][0]) + sum((group_pids(a) for a in inst[k][2]), [])
+            t0 = cpu_ticks(pids)
+            r = wrk(u, s, headers=hdr)
+            r["cpu_us"] = (cpu_ticks(pids) - t0) / HZ * 1e6 / max(1, r["requests"])
+            res[k].append(r)
     handed = {k: metric(inst[k][1]["admin"], 'pikod_handoffs_total{direction="sent"}') - sent0[k]
               for k in names}
     for k in names:
@@ -871,14 +877,23 @@ def report(R, out):
         lines.append("Handoff, 1 KiB (wrk -t1 -c64; access log off; tunnels on workers %s)" % (
             ", ".join("%s: %s" % (k, v) for k, v in h["tunnel_workers"].items())))
         lines.append("")
+        cpu = {k: med([x.get("cpu_us", float("nan")) for x in v])
+               for k, v in h["close"].items()}
         row("pikod", "new connection per request: req/s", "handed off", "vs 1w", "vs 2w-local",
-            "keep-alive: req/s", "vs 1w")
-        row(*["---"] * 7)
+            "CPU us/req (pikod + agents)", "keep-alive: req/s", "vs 1w")
+        row(*["---"] * 8)
         for k in c:
             row(k, "%.0f" % c[k], "%.0f %%" % (100 * h["handed_off"][k]),
-                "%.2f" % (c[k] / c["1w"]), "%.2f" % (c[k] / c["2w-local"]),
+                "%.2f" % (c[k] / c["1w"]), "%.2f" % (c[k] / c["2w-local"]), "%.1f" % cpu[k],
                 "%.0f" % ka[k], "%.2f" % (ka[k] / ka["1w"]))
         lines.append("")
+        frac = h["handed_off"].get("2w-handoff", 0)
+        if frac > 0 and "2w-local" in cpu:
+            lines.append("CPU per handed-off connection, over serving it where it landed: "
+                         "(%.1f - %.1f) / %.2f = %.1f us" % (
+                             cpu["2w-handoff"], cpu["2w-local"], frac,
+                             (cpu["2w-handoff"] - cpu["2w-local"]) / frac))
+            lines.append("")
     ip = R.get("iperf_direct")
     if ip:
         lines.append("TCP throughput, iperf3 -c on the load generator's core, median of %d "
