@@ -562,8 +562,11 @@ def handoff(d, R, origin_port, kind, rounds, secs, quick):
             # machine's noise in req/s (the origin is the same for every instance).
             pids = group_pids(inst[k][0]) + sum((group_pids(a) for a in inst[k][2]), [])
             t0 = cpu_ticks(pids)
+            h0 = metric(inst[k][1]["admin"], 'pikod_handoffs_total{direction="sent"}')
             r = wrk(u, s, headers=hdr)
             r["cpu_us"] = (cpu_ticks(pids) - t0) / HZ * 1e6 / max(1, r["requests"])
+            r["handed_off"] = (metric(inst[k][1]["admin"],
+                                      'pikod_handoffs_total{direction="sent"}') - h0)
             res[k].append(r)
     handed = {k: metric(inst[k][1]["admin"], 'pikod_handoffs_total{direction="sent"}') - sent0[k]
               for k in names}
@@ -887,12 +890,19 @@ def report(R, out):
                 "%.2f" % (c[k] / c["1w"]), "%.2f" % (c[k] / c["2w-local"]), "%.1f" % cpu[k],
                 "%.0f" % ka[k], "%.2f" % (ka[k] / ka["1w"]))
         lines.append("")
-        frac = h["handed_off"].get("2w-handoff", 0)
-        if frac > 0 and "2w-local" in cpu:
-            lines.append("CPU per handed-off connection, over serving it where it landed: "
-                         "(%.1f - %.1f) / %.2f = %.1f us" % (
-                             cpu["2w-handoff"], cpu["2w-local"], frac,
-                             (cpu["2w-handoff"] - cpu["2w-local"]) / frac))
+        # Per round, against 2w-local's CPU in the same round: the share handed off
+        # varies from round to round with which worker wins the accepts.
+        per = []
+        for a, b in zip(h["close"].get("2w-handoff", []), h["close"].get("2w-local", [])):
+            if a.get("handed_off") and "cpu_us" in a and "cpu_us" in b:
+                frac = a["handed_off"] / max(1, a["requests"])
+                per.append(((a["cpu_us"] - b["cpu_us"]) / frac, frac))
+        if per:
+            lines.append("CPU per handed-off connection over serving it where it landed, "
+                         "(2w-handoff - 2w-local) / share handed off, per round: %s us; "
+                         "median %.1f us" % (", ".join("%.1f (%.0f %%)" % (c, 100 * f)
+                                                       for c, f in per),
+                                             med([c for c, _ in per])))
             lines.append("")
     ip = R.get("iperf_direct")
     if ip:
