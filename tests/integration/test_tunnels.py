@@ -711,6 +711,35 @@ class TunnelTest(unittest.TestCase):
         self.assertEqual(load.errors, [])
         self.assertGreaterEqual(load.ok, 200)
 
+    def test_sighup_with_handoffs_under_load_loses_nothing(self):
+        # A tunnel on each worker, so both accept and hand connections to each other over
+        # the sockets they keep connected. Each reload starts workers in other slots and
+        # retires the old ones, whose sockets the senders may still be connected to.
+        d = self.pikod("--proxy.upstream-wait", "10s", workers=2)
+        sa, sb = self.service("reload-a"), self.service("reload-b")
+        _, rec = self.tunnel(d, "reload-a", sa.forward)
+        self.tunnel_on_another_worker(d, "reload-b", sb.forward, rec["slot"])
+
+        def one():
+            return (expect_upstream(d.addrs["proxy"], "reload-a", "reload-a")
+                    or expect_upstream(d.addrs["proxy"], "reload-b", "reload-b"))
+
+        sent0 = metric(d, 'pikod_handoffs_total{direction="sent"}')
+        with Load(one) as load:
+            load.wait_progress(50)
+            self.assertGreater(metric(d, 'pikod_handoffs_total{direction="sent"}'), sent0,
+                               "no connection was handed off before the reloads")
+            for gen in (2, 3, 4):
+                mark = d.mark()
+                d.signal(signal.SIGHUP)
+                d.wait_msg("reload complete", 30, start=mark, generation=gen)
+                load.wait_progress(50)
+            for ep in ("reload-a", "reload-b"):
+                d.wait_msg("upstream registered", 30, start=mark, endpoint=ep, generation=4)
+            load.wait_progress(50)
+        self.assertEqual(load.errors, [])
+        self.assertGreaterEqual(load.ok, 250)
+
     # ---- 15. upstream auth ----
     UPSTREAM_SECRET = "upstream-secret-0123456789"
 
