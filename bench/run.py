@@ -798,7 +798,7 @@ def idle(d, R, n_idle, n_big):
         time.sleep(2.5)
         entry["closed_kib"] = mem_kib(group_pids(p))
         t.stop()
-        if n == n_big:
+        if n == n_big and elapsed() < BUDGET_S - 25:
             # The same number again: what the first cycle left behind must be reused, not
             # added to (a leak grows with every cycle; a kept heap does not).
             t = Idle(pp["upstream"], n, os.path.join(d, "idle-%d-again.err" % n))
