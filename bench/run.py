@@ -757,6 +757,22 @@ class Idle:
             stop(p)
 
 
+def close_idle(t, p, admin_port):
+    """Closes the idle tunnels of t; returns the seconds until pikod had seen every
+    disconnect, and pikod's memory 2.5 s later."""
+    t.cmd("close")
+    t.wait("closed", 30)
+    t_closed = time.monotonic()
+    # pikod notices each disconnect from its loop; then a worker trims its heap within 2 s
+    # of its last tunnel closing (workers/worker.c).
+    while (metric(admin_port, "piko_upstreams_connected_upstreams") > 0 and
+           time.monotonic() - t_closed < 60):
+        time.sleep(0.1)
+    gone = time.monotonic() - t_closed
+    time.sleep(2.5)
+    return gone, mem_kib(group_pids(p))
+
+
 def idle(d, R, n_idle, n_big):
     """Memory per idle tunnel (fresh pikod per size), then re-registration after a restart."""
     res = {}
@@ -786,31 +802,14 @@ def idle(d, R, n_idle, n_big):
         entry["register_s"] = (up - t0) / 1e9
         time.sleep(2)
         entry["open_kib"] = mem_kib(group_pids(p))
-        t.cmd("close")
-        t.wait("closed", 30)
-        t_closed = time.monotonic()
-        # pikod notices each disconnect from its loop; then a worker trims its heap within
-        # 2 s of its last tunnel closing (workers/worker.c).
-        while (metric(pp["admin"], "piko_upstreams_connected_upstreams") > 0 and
-               time.monotonic() - t_closed < 60):
-            time.sleep(0.1)
-        entry["all_gone_s"] = time.monotonic() - t_closed
-        time.sleep(2.5)
-        entry["closed_kib"] = mem_kib(group_pids(p))
+        entry["all_gone_s"], entry["closed_kib"] = close_idle(t, p, pp["admin"])
         t.stop()
         if n == n_big and elapsed() < BUDGET_S - 25:
             # The same number again: what the first cycle left behind must be reused, not
             # added to (a leak grows with every cycle; a kept heap does not).
             t = Idle(pp["upstream"], n, os.path.join(d, "idle-%d-again.err" % n))
             if t.wait("all_open", 150) is not None:
-                t.cmd("close")
-                t.wait("closed", 30)
-                t_closed = time.monotonic()
-                while (metric(pp["admin"], "piko_upstreams_connected_upstreams") > 0 and
-                       time.monotonic() - t_closed < 60):
-                    time.sleep(0.1)
-                time.sleep(2.5)
-                entry["closed_again_kib"] = mem_kib(group_pids(p))
+                entry["closed_again_kib"] = close_idle(t, p, pp["admin"])[1]
             t.stop()
         if n == n_idle:
             # n agents registered, then pikod restarts: time until all are back.
