@@ -8,11 +8,12 @@
  * Transport: each worker process-table slot S binds an AF_UNIX SOCK_DGRAM socket at
  * <run_dir>/w<S>.sock (run_dir = <state_dir>/run, mode 0700; socket files mode 0600). A
  * sender keeps one socket connected to each slot it has sent to (struct
- * pk_handoff_sender): a send to a path costs a path lookup each time, about 4 us of the
- * 11 us a handoff's sendmsg took (bench/results/2026-12-07.md). When the worker of a slot
- * dies, the next send to it fails; the socket is dropped and connected again once, which
- * finds a respawned worker that re-bound the path (the old file is unlinked first), so
- * senders need not be told. One handoff = one pk_chan message (common/channel.h) of type
+ * pk_handoff_sender): a send to a path walks and checks that path every time (under load
+ * perf put 3.4 of the 8.0 us per request that sendmsg took there; a tight loop, 0.7 us;
+ * bench/results/2026-12-07.md). When the worker of a slot dies, the next send to it
+ * fails; the socket is dropped and connected again once, which finds a respawned worker
+ * that re-bound the path (the old file is unlinked first), so senders need not be told.
+ * One handoff = one pk_chan message (common/channel.h) of type
  * PK_MSG_HANDOFF whose payload is a struct pk_handoff followed by the already-read bytes
  * when there are at most PK_HANDOFF_INLINE of them; larger byte runs travel in a sealed
  * memfd passed as a second descriptor, so a datagram stays small.
